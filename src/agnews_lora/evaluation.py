@@ -1,0 +1,60 @@
+"""Metrics (scikit-learn) and `evaluate`: score a finished run on a labelled split."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+from .runs import write_json
+
+
+def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
+    """accuracy, macro-F1 and mean cross-entropy of ``logits`` against integer ``labels``."""
+    preds = logits.argmax(axis=1)
+    logp = torch.log_softmax(torch.from_numpy(logits.astype(np.float64)), dim=1)
+    loss = float(torch.nn.functional.nll_loss(logp, torch.from_numpy(labels.astype(np.int64))))
+    return {
+        "accuracy": float(accuracy_score(labels, preds)),
+        "macro_f1": float(f1_score(labels, preds, average="macro", labels=np.arange(logits.shape[1]), zero_division=0)),
+        "loss": loss,
+    }
+
+
+def evaluate_run(run_dir: str | Path, data_file: str | None = None, trust_pickle: bool = False,
+                 batch_size: int | None = None, quantize: str | None = None) -> dict:
+    """Score a finished run on ``data_file`` (default: its test split); write ``eval/<split>/``."""
+    from .data import load_test_split
+    from .plotting import plot_confusion_matrix
+    from .prediction import Predictor
+    from .runs import load_finished_run
+
+    run_dir = Path(run_dir)
+    cfg, _ = load_finished_run(run_dir)
+    table = load_test_split(cfg, data_file, trust_pickle)
+    predictor = Predictor.from_run(run_dir, batch_size=batch_size or cfg.train.eval_batch_size, quantize=quantize)
+    t0 = time.perf_counter()
+    logits, truncated = predictor.logits(table.texts)
+    seconds = time.perf_counter() - t0
+    names = predictor.label_names
+    metrics = classification_metrics(table.labels, logits)
+    preds = logits.argmax(axis=1)
+    split = table.name + ("-int8" if quantize else "")
+    metrics.update({
+        "split": split, "rows": len(table), "truncated_rows": int(sum(truncated)),
+        "per_class_f1": dict(zip(names, map(float, f1_score(table.labels, preds, average=None, labels=np.arange(len(names)), zero_division=0)))),
+        "precision_used": predictor.precision, "quantized": bool(quantize),
+        "seconds": round(seconds, 3), "samples_per_s": round(len(table) / max(seconds, 1e-9), 1),
+    })
+    out = run_dir / "eval" / split
+    out.mkdir(parents=True, exist_ok=True)
+    report = classification_report(table.labels, preds, labels=np.arange(len(names)), target_names=names, digits=4, zero_division=0)
+    (out / "classification_report.txt").write_text(report, encoding="utf-8")
+    cm = confusion_matrix(table.labels, preds, labels=np.arange(len(names)))
+    metrics["confusion_matrix"] = cm.tolist()
+    plot_confusion_matrix(cm, names, out / "confusion_matrix.png", title=f"{run_dir.name} — {split}")
+    write_json(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,109 @@
+"""The run directory: what a run writes, and checks that a directory really is a finished run.
+
+Layout::
+
+    runs/<name>/
+      config.yaml          fully resolved config (written first)
+      metrics.jsonl        one JSON line per log / eval step
+      checkpoints/         resumable checkpoints (optional)
+      adapter/             PEFT adapter (LoRA + classifier head) + tokenizer
+      merged/              LoRA merged into the base weights: plain transformers model + tokenizer
+      plots/               loss_curves.png, accuracy_curve.png
+      summary.json         written last: its presence marks the run complete
+      eval/<split>/        after `evaluate`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import yaml
+
+from .config import Config, config_from_dict
+from .errors import UserError
+
+
+def write_json(path: str | Path, data) -> None:
+    """Write JSON atomically (temp file + rename): readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def default_run_name(cfg: Config) -> str:
+    model = re.sub(r"[^A-Za-z0-9]+", "-", cfg.model.name_or_path.rstrip("/").split("/")[-1]).strip("-") or "model"
+    return f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class MetricsLog:
+    """Append-only JSONL, flushed per line (safe to tail while training)."""
+
+    def __init__(self, path: Path, truncate_after_step: int | None = None):
+        self.path = Path(path)
+        if truncate_after_step is not None and self.path.exists():
+            # resuming: drop lines the interrupted run wrote after its last checkpoint
+            keep = [line for line in read_metrics(self.path) if line.get("step", 0) <= truncate_after_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a crash ends the log
+    return rows
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory '{run_dir}' not found")
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise UserError(f"'{run_dir}' is not an agnews-lora run directory (no config.yaml)")
+    try:
+        return config_from_dict(yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {})
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise UserError(f"'{cfg_path}' is corrupt (not valid YAML); the run directory cannot be used") from None
+    except UserError as e:
+        raise UserError(f"'{cfg_path}' does not match this version of agnews-lora: {e}") from None
+
+
+def load_finished_run(run_dir: str | Path) -> tuple[Config, dict]:
+    """Config and summary of a finished run, or a clear error saying what is missing."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise UserError(
+            f"run '{run_dir}' is not finished (no summary.json); resume it with "
+            f"`agnews-lora train --resume {run_dir}` or train again"
+        )
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"'{summary_path}' is corrupt (not valid JSON)") from None
+    merged = run_dir / "merged"
+    if not (merged / "config.json").is_file() or not any(merged.glob("*.safetensors")):
+        raise UserError(f"run '{run_dir}' has no usable merged/ model (config.json + safetensors); train it again")
+    return cfg, summary
