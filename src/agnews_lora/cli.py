@@ -97,8 +97,8 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .prediction import Predictor, read_texts, write_submission
 
-    texts = read_texts(args.input, trust_pickle=args.trust_pickle)
     predictor = Predictor.from_run(args.run_dir, quantize=args.quantize)
+    texts = read_texts(args.input, trust_pickle=args.trust_pickle)
     logits, truncated = predictor.logits(texts)
     preds = logits.argmax(axis=1)
     from .prediction import softmax

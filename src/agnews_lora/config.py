@@ -108,7 +108,15 @@ class Config:
 # strict loading
 
 
+_SYNONYMS = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "lr": "learning_rate",
+             "batch_size": "per_device_batch_size", "train_batch_size": "per_device_batch_size",
+             "gradient_accumulation_steps": "grad_accumulation", "num_train_epochs": "epochs", "model": "name_or_path",
+             "model_name": "name_or_path", "warmup": "warmup_ratio", "lr_scheduler_type": "schedule"}
+
+
 def _suggest(key: str, options: list[str]) -> str:
+    if _SYNONYMS.get(key) in options:
+        return f" (did you mean '{_SYNONYMS[key]}'?)"
     close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(options)})"
 

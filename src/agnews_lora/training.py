@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
@@ -129,14 +130,15 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     check_budget(counts, cfg.budget.max_trainable_params)
 
     precision = resolve_precision(cfg.train.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    AcceleratorState._reset_state()  # a second train() in one process may use another precision
     acc = Accelerator(mixed_precision="no" if precision == "fp32" else precision)
     main = acc.is_main_process
     say = log.info if main else log.debug
-    say(counts.describe())
 
     # 2. data and model
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     splits = load_splits(cfg)
+    say(counts.describe())
     set_seed(cfg.train.seed)
     model = apply_lora(load_base_model(cfg), cfg.lora)
     real = count_params(model)

@@ -1,0 +1,209 @@
+"""Micro-batching for the HTTP service: many small concurrent requests, one forward pass.
+
+Requests join a FIFO queue on the event loop.  One dispatcher task takes the oldest request,
+waits at most ``max_wait_ms`` *from that request's arrival* for more, takes requests in order
+while their texts fit into ``max_batch_size``, and runs the batch function in a single
+dedicated worker thread, so the event loop never waits on the model.  While a batch runs,
+new requests queue up and form the next batch.
+
+A batch that raises is retried request by request, so an exception fails only the request(s)
+that cause it; the dispatcher itself never dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """The queue already holds ``max_queue_texts`` texts: the caller should retry later."""
+
+
+class ShuttingDown(Exception):
+    """The batcher has stopped and takes no new work."""
+
+
+@dataclass
+class _Job:
+    texts: Sequence[str]
+    future: asyncio.Future
+    arrived: float
+
+
+@dataclass
+class BatcherStats:
+    requests: int = 0
+    texts: int = 0
+    batches: int = 0
+    failed_requests: int = 0
+    rejected_overload: int = 0
+    largest_batch_texts: int = 0
+    largest_batch_requests: int = 0
+    busy_seconds: float = 0.0
+    _started: float = field(default_factory=time.monotonic, repr=False)
+
+    def to_dict(self, queued_texts: int, running_texts: int) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        d["busy_seconds"] = round(self.busy_seconds, 3)
+        d["mean_texts_per_batch"] = round(self.texts / self.batches, 2) if self.batches else 0.0
+        d["queued_texts"] = queued_texts
+        d["running_texts"] = running_texts
+        d["uptime_seconds"] = round(time.monotonic() - self._started, 1)
+        return d
+
+
+class MicroBatcher:
+    """Gather concurrent ``submit`` calls into batches for ``fn(texts) -> results`` (one result per text).
+
+    ``batching=False`` sends every request through ``fn`` on its own (the unbatched baseline).
+    Must be started (``start()``) and used from a single running event loop.
+    """
+
+    def __init__(self, fn: Callable[[list[str]], list], max_batch_size: int = 32, max_wait_ms: float = 5.0,
+                 max_queue_texts: int = 4096, batching: bool = True):
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self.fn = fn
+        self.max_batch_size = max_batch_size
+        self.max_wait = max(0.0, max_wait_ms) / 1000.0
+        self.max_queue_texts = max_queue_texts
+        self.batching = batching
+        self.stats = BatcherStats()
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._queued_texts = 0
+        self._running_texts = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agnews-serve-model")
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
+
+    def stats_dict(self) -> dict:
+        return self.stats.to_dict(self._queued_texts, self._running_texts)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._stopping
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._dispatch_forever(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        """Finish the batches already queued, then stop the dispatcher and the worker thread."""
+        self._stopping = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, texts: Sequence[str]) -> list:
+        """Results for ``texts`` (in order), computed in some batch; raises what ``fn`` raised for them."""
+        if self._stopping or self._task is None:
+            raise ShuttingDown("the server is shutting down")
+        if self._queued_texts + len(texts) > self.max_queue_texts and self._queue:
+            self.stats.rejected_overload += 1
+            raise Overloaded(f"{self._queued_texts} texts are already queued (limit {self.max_queue_texts})")
+        loop = asyncio.get_running_loop()
+        job = _Job(list(texts), loop.create_future(), loop.time())
+        self._queue.append(job)
+        self._queued_texts += len(job.texts)
+        self._wakeup.set()
+        return await job.future
+
+    # -- dispatcher ------------------------------------------------------------------------
+
+    def _take_batch(self) -> list[_Job]:
+        batch: list[_Job] = []
+        n = 0
+        while self._queue:
+            job = self._queue[0]
+            if batch and (not self.batching or n + len(job.texts) > self.max_batch_size):
+                break
+            self._queue.popleft()
+            self._queued_texts -= len(job.texts)
+            if job.future.done():  # the caller went away (cancelled) while queued
+                continue
+            batch.append(job)
+            n += len(job.texts)
+            if not self.batching:
+                break
+        return batch
+
+    async def _dispatch_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self.batching and self.max_wait > 0:
+                # gather: wait until the batch is full or the oldest request has waited max_wait
+                deadline = self._queue[0].arrived + self.max_wait
+                while self._queued_texts < self.max_batch_size and not self._stopping:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        break
+            batch = self._take_batch()
+            if batch:
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        texts = [t for job in batch for t in job.texts]
+        t0 = time.perf_counter()
+        self._running_texts = len(texts)
+        try:
+            results = await loop.run_in_executor(self._executor, self.fn, texts)
+            if len(results) != len(texts):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(texts)} texts")
+        except Exception as exc:  # noqa: BLE001 - isolate the failure to the requests that cause it
+            self._running_texts = 0
+            self.stats.busy_seconds += time.perf_counter() - t0
+            self.stats.batches += 1
+            if len(batch) == 1:
+                log.error("batch of 1 request (%d texts) failed: %s: %s", len(texts), type(exc).__name__, exc,
+                          exc_info=log.isEnabledFor(logging.DEBUG))
+                self._fail(batch[0], exc)
+                return
+            log.warning("batch of %d requests failed (%s: %s); retrying them one by one",
+                        len(batch), type(exc).__name__, exc)
+            for job in batch:
+                await self._run_batch([job])
+            return
+        self._running_texts = 0
+        self.stats.busy_seconds += time.perf_counter() - t0
+        self.stats.batches += 1
+        self.stats.largest_batch_texts = max(self.stats.largest_batch_texts, len(texts))
+        self.stats.largest_batch_requests = max(self.stats.largest_batch_requests, len(batch))
+        start = 0
+        for job in batch:
+            part = results[start:start + len(job.texts)]
+            start += len(job.texts)
+            self.stats.requests += 1
+            self.stats.texts += len(job.texts)
+            if not job.future.done():
+                job.future.set_result(part)
+
+    def _fail(self, job: _Job, exc: Exception) -> None:
+        self.stats.failed_requests += 1
+        if not job.future.done():
+            job.future.set_exception(exc)

