@@ -44,7 +44,7 @@ def batched_logits(
     """
     idx = np.arange(len(encoded)) if indices is None else np.asarray(indices)
     lengths = encoded.lengths[idx]
-    out = np.zeros((len(idx), model.config.num_labels), dtype=np.float32)
+    out = np.zeros((len(idx), getattr(model, "module", model).config.num_labels), dtype=np.float32)  # DDP wraps .module
     batches = sorted_batches(lengths, batch_size)
     if progress:
         from tqdm.auto import tqdm

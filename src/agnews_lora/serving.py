@@ -387,7 +387,10 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def cmd_serve(args) -> int:
+    from .runs import load_finished_run
+
     options = _check_options(args)
+    load_finished_run(args.run_dir)  # the same one-line error as Predictor.from_run, before torch is imported
     try:
         import uvicorn
     except ImportError:

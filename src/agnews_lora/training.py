@@ -118,6 +118,8 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     if resume is not None:
         run_dir = Path(resume)
         cfg = load_run_config(run_dir)
+        if (run_dir / "summary.json").exists():
+            raise UserError(f"run '{run_dir}' already finished (summary.json exists); nothing to resume")
         start = ckpt.latest_checkpoint(run_dir / "checkpoints")
         if start is None:
             raise UserError(f"run '{run_dir}' has no checkpoint to resume from (set train.checkpoint_every)")
@@ -129,9 +131,11 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     counts = plan_counts(cfg)
     check_budget(counts, cfg.budget.max_trainable_params)
 
-    precision = resolve_precision(cfg.train.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available()
+    precision = resolve_precision(cfg.train.precision, "cuda" if cuda else "cpu")
     AcceleratorState._reset_state()  # a second train() in one process may use another precision
-    acc = Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+    # cpu=True lets Accelerate run multi-process on CPU (gloo) under torchrun / accelerate launch
+    acc = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not cuda)
     main = acc.is_main_process
     say = log.info if main else log.debug
 

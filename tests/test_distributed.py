@@ -1,0 +1,65 @@
+"""Data-parallel training on CPU (gloo) through torchrun, against a single process with the same global batch."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agnews_lora.runs import read_metrics
+from conftest import tiny_overrides
+
+pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None and False, reason="torchrun missing")
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model(tmp_path_factory):
+    from agnews_lora.tiny import build_tiny_roberta
+
+    return build_tiny_roberta(tmp_path_factory.mktemp("tiny-nodrop") / "model", dropout=0.0)
+
+
+def _sets(model, data_dir, tmp, name, **extra):
+    sets = tiny_overrides(model, data_dir / "train.csv", tmp, **{
+        "run_name": name, "train.max_steps": 60, "train.eval_every": 20, "train.log_every": 5, "train.precision": "fp32",
+        "train.per_device_batch_size": 8, "lora.dropout": 0.0, "data.val_size": 77, **extra})
+    return [x for s in sets for x in ("--set", s)]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_two_process_gloo_run_matches_single_process_with_same_global_batch(no_dropout_model, data_dir, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    ddp = _run([*torchrun, "-m", "agnews_lora", "train", "--no-progress", *_sets(no_dropout_model, data_dir, tmp_path, "ddp")])
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = _run([sys.executable, "-m", "agnews_lora", "train", "--no-progress",
+                   *_sets(no_dropout_model, data_dir, tmp_path, "single", **{"train.grad_accumulation": 2})])
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    d, s = tmp_path / "runs" / "ddp", tmp_path / "runs" / "single"
+    sd, ss = json.loads((d / "summary.json").read_text()), json.loads((s / "summary.json").read_text())
+    assert sd["world_size"] == 2 and sd["global_batch_size"] == 16 and sd["per_device_batch_size"] == 8
+    assert ss["world_size"] == 1 and ss["global_batch_size"] == 16
+    # the same micro-batches are summed in both set-ups, so the curves agree up to float reduction order
+    ld = [(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"]
+    ls = [(r["step"], r["loss"]) for r in read_metrics(s / "metrics.jsonl") if r["split"] == "train"]
+    assert [x for x, _ in ld] == [x for x, _ in ls]
+    for (step, a), (_, b) in zip(ld, ls):
+        assert abs(a - b) < 1e-3, f"step {step}: 2-process loss {a} vs single {b}"
+    assert ld[-1][1] < ld[0][1]
+    # evaluation covers every validation row exactly once (77 rows: not divisible by 2 processes)
+    for r in read_metrics(d / "metrics.jsonl"):
+        if r["split"] == "validation":
+            assert r["rows"] == 77
+    vd = [r["accuracy"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "validation"]
+    vs = [r["accuracy"] for r in read_metrics(s / "metrics.jsonl") if r["split"] == "validation"]
+    assert max(abs(a - b) for a, b in zip(vd, vs)) <= 2 / 77
+    # only the main process writes and talks
+    assert ddp.stdout.count("best val") == 1
+    assert "Traceback" not in ddp.stderr

@@ -1,0 +1,135 @@
+"""Checkpoints and resume: SIGKILL mid-run, SIGTERM, corrupt checkpoints."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from agnews_lora.cli import main
+from conftest import tiny_overrides
+
+STEPS = 300
+
+
+def _args(tiny_model_dir, data_dir, tmp_path, name, **extra):
+    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **{
+        "run_name": name, "train.max_steps": STEPS, "train.checkpoint_every": 10, "train.keep_checkpoints": 2,
+        "train.eval_every": 50, "train.log_every": 5, "train.precision": "fp32", **extra})
+    out = []
+    for s in sets:
+        out += ["--set", s]
+    return out
+
+
+def _spawn(args) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    return subprocess.Popen([sys.executable, "-m", "agnews_lora", "train", "--no-progress", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    from agnews_lora.runs import read_metrics
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = read_metrics(run_dir / "metrics.jsonl")
+        if rows and rows[-1]["step"] >= step:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise TimeoutError(f"run did not reach step {step}")
+
+
+def _adapter(run_dir: Path) -> dict:
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_model_dir, data_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reference")
+    assert main(["train", "--no-progress", *_args(tiny_model_dir, data_dir, tmp, "ref")]) == 0
+    return tmp / "runs" / "ref"
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(reference_run, tiny_model_dir, data_dir, tmp_path):
+    kill_at = random.Random().randint(40, 200)
+    run_dir = tmp_path / "runs" / "killed"
+    proc = _spawn(_args(tiny_model_dir, data_dir, tmp_path, "killed"))
+    try:
+        _wait_for_step(run_dir, kill_at, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    assert not (run_dir / "summary.json").exists()
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0, f"killed at step {kill_at}"
+
+    ref, got = _adapter(reference_run), _adapter(run_dir)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6, msg=f"{k} differs (killed at step {kill_at})")
+    from agnews_lora.runs import read_metrics
+
+    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS  # no duplicated lines after the resume
+
+
+def test_sigterm_saves_a_checkpoint_and_reports_it(tiny_model_dir, data_dir, tmp_path):
+    run_dir = tmp_path / "runs" / "term"
+    proc = _spawn(_args(tiny_model_dir, data_dir, tmp_path, "term", **{"train.checkpoint_every": 1000}))
+    _wait_for_step(run_dir, 30, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "checkpoint saved" in err and "--resume" in err and "Traceback" not in err
+    from agnews_lora.checkpoint import list_checkpoints
+
+    ckpts = list_checkpoints(run_dir / "checkpoints")
+    assert len(ckpts) == 1 and ckpts[0][0] >= 30
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
+    assert (run_dir / "summary.json").is_file()
+
+
+def test_checkpoints_are_rotated_and_leftovers_ignored(reference_run):
+    from agnews_lora.checkpoint import list_checkpoints
+
+    steps = [s for s, _ in list_checkpoints(reference_run / "checkpoints")]
+    assert steps[-2:] == [STEPS - 20, STEPS - 10] and len(steps) <= 3  # last K=2, plus the best step's
+    assert not list((reference_run / "checkpoints").glob(".tmp-*"))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_model_dir, data_dir, tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "corrupt"
+    proc = _spawn(_args(tiny_model_dir, data_dir, tmp_path, "corrupt"))
+    try:
+        _wait_for_step(run_dir, 60, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    from agnews_lora.checkpoint import latest_checkpoint
+
+    state = latest_checkpoint(run_dir / "checkpoints") / "state.pt"
+    data = state.read_bytes()
+    state.write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is corrupt (state.pt fails its checksum" in err and len(err.strip().splitlines()) == 1
+
+    (state.parent / "meta.json").unlink()
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
+    assert "is incomplete" in capsys.readouterr().err
+
+
+def test_resume_refuses_finished_runs_and_runs_without_checkpoints(trained_run, tmp_path, capsys):
+    assert main(["train", "--resume", str(trained_run)]) == 2
+    assert "already finished" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "not an agnews-lora run directory" in capsys.readouterr().err
