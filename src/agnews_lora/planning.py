@@ -2,7 +2,7 @@
 
 No weights are downloaded: the model is built once on the meta device and its ``nn.Linear``
 modules are walked with PEFT's own target matching (``check_target_module_exists``, the
-function ``get_peft_model`` uses), so each layout's LoRA count is exact and costs microseconds.
+function ``get_peft_model`` uses), so each layout's LoRA count is exact and costs about a millisecond.
 The classifier head is counted once by a real (meta-device) PEFT build, which also checks the
 fast count of one layout against ``count_params``.
 
