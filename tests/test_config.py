@@ -77,3 +77,13 @@ def test_saved_config_round_trips(tmp_path):
     cfg = apply_overrides(Config(), ["lora.r=2", "run_name=x", "lora.layers=[0,1]"])
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_readme_config_reference_lists_every_key():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    cfg = Config()
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        keys = [f"{section.name}.{f.name}" for f in dataclasses.fields(value)] if dataclasses.is_dataclass(value) else [section.name]
+        for key in keys:
+            assert f"| `{key}` |" in readme, f"README configuration reference misses {key}"

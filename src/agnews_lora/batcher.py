@@ -1,4 +1,4 @@
-"""Micro-batching for the HTTP service: many small concurrent requests, one forward pass.
+"""Micro-batching for the HTTP service: many small concurrent requests, one batch on the model.
 
 Requests join a FIFO queue on the event loop.  One dispatcher task takes the oldest request,
 waits at most ``max_wait_ms`` *from that request's arrival* for more, takes requests in order
@@ -21,6 +21,29 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 log = logging.getLogger(__name__)
+
+
+def plan_forwards(lengths: Sequence[int], max_rows: int, overhead_tokens: int = 64, multiple: int = 16) -> list[tuple[int, int]]:
+    """Cut texts sorted by length (longest first) into forward passes of at most ``max_rows`` rows.
+
+    Minimises padded tokens + ``overhead_tokens`` per forward pass (dynamic programming over the
+    sorted order), so that one long text does not make 31 short ones pad to its length.  Returns
+    ``(start, stop)`` slices of the sorted order.
+    """
+    n = len(lengths)
+    padded = [-(-int(x) // multiple) * multiple for x in lengths]
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max_rows), j):
+            cost = best[i] + overhead_tokens + (j - i) * padded[i]  # row i is the longest of i..j-1
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    slices, j = [], n
+    while j > 0:
+        slices.append((cut[j], j))
+        j = cut[j]
+    return slices[::-1]
 
 
 class Overloaded(Exception):
@@ -111,7 +134,7 @@ class MicroBatcher:
 
     async def submit(self, texts: Sequence[str]) -> list:
         """Results for ``texts`` (in order), computed in some batch; raises what ``fn`` raised for them."""
-        if self._stopping or self._task is None:
+        if not self.running:  # stopping, not started, or (a bug) the dispatcher died: never queue forever
             raise ShuttingDown("the server is shutting down")
         if self._queued_texts + len(texts) > self.max_queue_texts and self._queue:
             self.stats.rejected_overload += 1

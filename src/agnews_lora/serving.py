@@ -2,8 +2,9 @@
 
 Endpoints: ``POST /v1/classify``, ``GET /v1/info``, ``GET /health``, plus FastAPI's own
 ``/openapi.json`` and ``/docs``.  The model is loaded and warmed up before the port opens;
-concurrent requests are gathered by :class:`agnews_lora.batcher.MicroBatcher` into one sorted,
-padded batch that runs in a worker thread.  Every error is a JSON body
+concurrent requests are gathered by :class:`agnews_lora.batcher.MicroBatcher` into one batch that
+runs in a worker thread, sorted by length and cut into a few padded forward passes
+(:func:`agnews_lora.batcher.plan_forwards`).  Every error is a JSON body
 ``{"error": {"code": ..., "message": ...}}`` with a 4xx/5xx status.
 
 FastAPI and uvicorn are imported only when serving, so the rest of the CLI does not pay for them.
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from . import __version__
 from .batcher import MicroBatcher, Overloaded, ShuttingDown
 from .errors import UserError
 
@@ -54,32 +56,43 @@ def _error_response(status: int, code: str, message: str, headers: dict | None =
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-# ---------------------------------------------------------------------------------------------
-# model side (runs in the worker thread)
+# model side (runs in the worker thread) ------------------------------------------------------
 
+def make_batch_fn(predictor, overhead_tokens: int | None = None):
+    """``fn(texts) -> [result per text]``: texts sorted by length, cut into few padded forward passes."""
+    import numpy as np
+    import torch
 
-def make_batch_fn(predictor):
-    """``fn(texts) -> [result per text]``: one sorted, padded pass over the merged model."""
+    from .batcher import plan_forwards
+    from .batching import collate
     from .devices import autocast_context
-    from .prediction import batched_logits, encode_texts, softmax
+    from .prediction import encode_texts, softmax
 
-    names = predictor.label_names
+    p, names = predictor, predictor.label_names
     hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
+    if overhead_tokens is None:  # a forward pass costs about as much as this many extra (padding) tokens
+        overhead_tokens = 64 if p.device.type == "cpu" else 2048
 
     def classify_batch(texts: list[str]) -> list[dict]:
         if hooks:
             _run_test_hooks(texts)
-        encoded, truncated = encode_texts(predictor.tokenizer, texts, predictor.max_length)
-        _, logits = batched_logits(
-            predictor.model, encoded, predictor.batch_size, predictor.pad_id, predictor.device,
-            autocast=lambda: autocast_context(predictor.precision, predictor.device.type),
-            max_length=predictor.max_length)
-        probs = softmax(logits)
+        encoded, truncated = encode_texts(p.tokenizer, texts, p.max_length)
+        order = np.argsort(-encoded.lengths, kind="stable")
+        logits = np.zeros((len(texts), len(names)), dtype=np.float32)
+        with torch.inference_mode():
+            for a, b in plan_forwards(encoded.lengths[order], p.batch_size, overhead_tokens):
+                rows = order[a:b]
+                batch = collate([encoded.ids[i] for i in rows], p.pad_id, 16, p.max_length)
+                with autocast_context(p.precision, p.device.type):
+                    out = p.model(**{k: v.to(p.device) for k, v in batch.items()}).logits
+                logits[rows] = out.float().cpu().numpy()
+        if not np.isfinite(logits).all():
+            raise FloatingPointError("the model produced non-finite logits")
         out = []
-        for p, cut in zip(probs, truncated):
-            k = int(p.argmax())
+        for probs, cut in zip(softmax(logits), truncated):
+            k = int(probs.argmax())
             out.append({"label": k, "label_name": names[k],
-                        "probabilities": {n: float(v) for n, v in zip(names, p)}, "truncated": cut})
+                        "probabilities": {n: float(v) for n, v in zip(names, probs)}, "truncated": cut})
         return out
 
     return classify_batch
@@ -103,8 +116,7 @@ def warm_up(batch_fn, predictor, max_batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
-# ---------------------------------------------------------------------------------------------
-# request parsing
+# requests -------------------------------------------------------------------------------------
 
 
 def parse_texts(payload, max_texts: int) -> list[str]:
@@ -151,14 +163,9 @@ class BodyLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None:
-            try:
-                too_big = int(declared) > self.max_bytes
-            except ValueError:
-                return await _send_json_error(send, 400, "bad_request", "Content-Length is not a number")
-            if too_big:
-                return await self._reject(send, declared.decode())
+        declared = dict(scope["headers"]).get(b"content-length")  # the server has checked it is a number
+        if declared is not None and int(declared) > self.max_bytes:
+            return await self._reject(send, declared.decode())
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -181,20 +188,15 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _reject(self, send, size: str):
-        await _send_json_error(send, 413, "body_too_large",
-                               f"request body is too large ({size} bytes; limit {self.max_bytes} bytes)")
+        message = f"request body is too large ({size} bytes; limit {self.max_bytes} bytes)"
+        body = json.dumps({"error": {"code": "body_too_large", "message": message}}).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")]})  # the unread rest of the body makes the connection unusable
+        await send({"type": "http.response.body", "body": body})
 
 
-async def _send_json_error(send, status: int, code: str, message: str):
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
-
-
-# ---------------------------------------------------------------------------------------------
-# the app
+# the app --------------------------------------------------------------------------------------
 
 
 def _schemas(max_texts: int):
@@ -218,8 +220,8 @@ def _schemas(max_texts: int):
         results: list[Result] = Field(description="one result per input text, in input order")
 
     class ErrorBody(BaseModel):
-        code: str
-        message: str
+        code: str = Field(description="machine-readable, e.g. malformed_json, too_many_texts, overloaded")
+        message: str = Field(description="what is wrong, for people")
 
     class ErrorResponse(BaseModel):
         error: ErrorBody
@@ -230,7 +232,6 @@ def _schemas(max_texts: int):
 def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path = ""):
     """The FastAPI application around a loaded (and warmed-up) ``Predictor``."""
     from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -249,23 +250,22 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
         log.info("stopped: %d requests, %d texts in %d batches", s.requests, s.texts, s.batches)
 
     ClassifyRequest, ClassifyResponse, ErrorResponse = _schemas(options.max_texts)
-    app = FastAPI(title="agnews-lora classifier", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="agnews-lora classifier", version=__version__, lifespan=lifespan,
                   description=f"Text classification with the merged LoRA model of run `{Path(run_dir).name}`.")
     app.add_middleware(BodyLimitMiddleware, max_bytes=options.max_body_bytes)
-    app.state.batcher = batcher
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
         return _error_response(exc.status, exc.code, exc.message, exc.headers)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc):  # still logged with its traceback by the server
+        return _error_response(500, "internal_error", f"unexpected error: {type(exc).__name__}")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request, exc):
-        return _error_response(422, "invalid_request", str(exc.errors()[:3]))
 
     errors = {s: {"model": ErrorResponse} for s in (400, 413, 415, 422, 500, 503)}
 
@@ -321,26 +321,17 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
     return app
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("agnews-lora")
-    except Exception:  # noqa: BLE001
-        return "0"
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
+# CLI ------------------------------------------------------------------------------------------
 
 
 def register_cli(sub) -> None:
     s = sub.add_parser("serve", help="serve a finished run over HTTP (POST /v1/classify) with micro-batching")
-    s.add_argument("run_dir")
+    s.add_argument("run_dir", help="a finished run directory (runs/<name>, with merged/ and summary.json)")
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port; default 8000)")
     d = ServeOptions()
-    s.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="texts per forward pass")
+    s.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                   help="texts per micro-batch (run as one or a few length-sorted forward passes)")
     s.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
                    help="how long the oldest queued request waits for others to join its batch")
     s.add_argument("--max-texts", type=int, default=d.max_texts, help="texts per request")
@@ -351,7 +342,8 @@ def register_cli(sub) -> None:
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="inference precision (auto: bf16 where the CPU/GPU runs it fast)")
     s.add_argument("--quantize", choices=["int8"], help="serve the dynamically int8-quantised model (CPU)")
-    s.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    s.add_argument("--threads", type=int,
+                   help="torch intra-op threads (default: torch's choice minus one, leaving a core for HTTP)")
     s.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds to let in-flight requests finish after SIGTERM / Ctrl-C")
     s.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
@@ -375,14 +367,13 @@ def _check_options(args) -> ServeOptions:
 def _bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, proto, _, addr = infos[0]
+        sock = socket.socket(family, kind, proto)  # proto=TCP, else asyncio leaves Nagle on (40 ms stalls)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
         sock.listen(2048)  # connections queue from now on, until uvicorn starts accepting them
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.set_inheritable(True)
     return sock
 
 
@@ -399,8 +390,8 @@ def cmd_serve(args) -> int:
 
     from .prediction import Predictor
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # the event loop (HTTP parsing, JSON) needs a core too: an intra-op thread that it preempts stalls every op
+    torch.set_num_threads(args.threads or max(1, torch.get_num_threads() - 1))
     predictor = Predictor.from_run(args.run_dir, batch_size=options.max_batch_size, precision=args.precision,
                                    quantize=args.quantize)
     batch_fn = make_batch_fn(predictor)
@@ -410,11 +401,12 @@ def cmd_serve(args) -> int:
     app = create_app(predictor, batch_fn, options, args.run_dir)
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
+    threads = torch.get_num_threads()
     shown = f"[{host}]" if ":" in host else host
     batching = (f"micro-batching up to {options.max_batch_size} texts, {options.max_wait_ms:g} ms wait"
                 if options.batching else "no batching (one request per forward)")
     print(f"serving {args.run_dir} on http://{shown}:{port}  ({predictor.precision}"
-          f"{', int8' if args.quantize else ''} on {predictor.device}, {torch.get_num_threads()} threads; {batching};"
+          f"{', int8' if args.quantize else ''} on {predictor.device}, {threads} thread{'s' * (threads > 1)}; {batching};"
           f" warm-up {seconds:.2f} s)  docs: http://{shown}:{port}/docs", flush=True)
     config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", access_log=args.access_log,
                             timeout_graceful_shutdown=args.graceful_timeout, lifespan="on", server_header=False)

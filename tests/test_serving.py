@@ -1,0 +1,372 @@
+"""`agnews-lora serve`: the real server in a subprocess on a free loopback port, spoken to over HTTP.
+
+The server runs with AGNEWS_LORA_SERVE_TEST_HOOKS=1: a text "__sleep:<ms>__" makes its batch sleep first
+(to hold the worker deterministically) and "__raise__" makes its batch raise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from agnews_lora.tiny import synthetic_rows
+
+MAX_TEXTS, MAX_BODY, MAX_BATCH, MAX_QUEUE = 8, 4096, 16, 64
+# one pooled client for every request (thread-safe; a new httpx.Client per call costs ~40 ms of TLS set-up)
+HTTP = httpx.Client(timeout=30, verify=False, limits=httpx.Limits(max_connections=100, max_keepalive_connections=100))
+
+
+class ServerProcess:
+    """`python -m agnews_lora serve` on port 0 in a subprocess; `ready()` waits for /health; always `stop()` it."""
+
+    def __init__(self, run_dir, tmp_path, *extra: str):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "AGNEWS_LORA_SERVE_TEST_HOOKS": "1"}
+        self.err_path = tmp_path / f"server-{time.monotonic_ns()}.err"
+        with self.err_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agnews_lora", "serve", str(run_dir), "--host", "127.0.0.1", "--port", "0",
+                 "--threads", "1", "--precision", "fp32", *extra],
+                stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+        self.url = None
+
+    def ready(self, timeout: float = 120.0) -> "ServerProcess":
+        deadline = time.monotonic() + timeout
+        while self.url is None and time.monotonic() < deadline and self.proc.poll() is None:
+            if select.select([self.proc.stdout], [], [], 0.5)[0]:
+                m = re.search(r"http://127\.0\.0\.1:(\d+)", self.proc.stdout.readline())
+                self.url = f"http://127.0.0.1:{m.group(1)}" if m else None
+        assert self.url, f"server did not start (rc={self.proc.poll()}): {self.err_path.read_text()[-2000:]}"
+        while time.monotonic() < deadline:
+            try:
+                if HTTP.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"/health never became ready: {self.err_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        self.proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def servers(trained_run, tmp_path_factory):
+    """Both servers of this module, started at the same time: the main one and an unbatched one to stop."""
+    tmp = tmp_path_factory.mktemp("serve")
+    started = []
+    try:
+        started.append(ServerProcess(trained_run, tmp, "--max-texts", str(MAX_TEXTS), "--max-body-bytes",
+                                     str(MAX_BODY), "--max-batch-size", str(MAX_BATCH), "--max-wait-ms", "20",
+                                     "--max-queue-texts", str(MAX_QUEUE)))
+        started.append(ServerProcess(trained_run, tmp, "--no-batching"))
+        yield {"main": started[0].ready(), "unbatched": started[1].ready()}
+    finally:
+        for s in started:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(servers):
+    return servers["main"].url
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_run):
+    from agnews_lora.prediction import Predictor
+
+    return Predictor.from_run(trained_run, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return [t for t, _ in synthetic_rows(48, seed=11)]
+
+
+def classify(url, body, **kw):
+    return HTTP.post(f"{url}/v1/classify", json=body, **kw)
+
+
+def stats(url) -> dict:
+    return HTTP.get(f"{url}/v1/info").json()["stats"]
+
+
+def hold_worker(url, ms: int, pool: ThreadPoolExecutor):
+    """Occupy the model thread for `ms` ms (test hook); returns the future of that request once it runs."""
+    fut = pool.submit(classify, url, {"text": f"__sleep:{ms}__"})
+    deadline = time.monotonic() + 10
+    while stats(url)["running_texts"] == 0:  # wait until the worker has it
+        assert time.monotonic() < deadline and not fut.done()
+        time.sleep(0.01)
+    return fut
+
+
+def assert_matches_predictor(results, batch, predictor):
+    for text, r in zip(batch, results, strict=True):
+        one = predictor.predict_proba([text])[0]  # the text alone: no batch neighbours, no shared padding
+        assert r["label"] == predictor.predict([text])[0]
+        assert r["label_name"] == predictor.label_names[r["label"]]
+        np.testing.assert_allclose([r["probabilities"][n] for n in predictor.label_names], one, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# happy path
+
+
+def test_health_info_and_openapi(server, trained_run, predictor):
+    assert HTTP.get(f"{server}/health").json() == {"status": "ok"}
+    info = HTTP.get(f"{server}/v1/info").json()
+    s = predictor.summary
+    assert info["base_model"] == s["base_model"]
+    assert info["labels"] == predictor.label_names
+    assert info["parameters"]["trainable"] == s["params"]["trainable"] > 0
+    assert info["parameters"]["total"] == s["params"]["total"] > info["parameters"]["trainable"]
+    assert info["validation_accuracy"] == pytest.approx(s["best"]["val_accuracy"])
+    assert info["precision"] == "fp32" and info["max_length"] == predictor.max_length
+    assert info["serving"]["max_texts"] == MAX_TEXTS and info["serving"]["batching"] is True
+    spec = HTTP.get(f"{server}/openapi.json").json()
+    assert {"/v1/classify", "/v1/info", "/health"} <= set(spec["paths"])
+    body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["texts"]["anyOf"][0]["maxItems"] == MAX_TEXTS
+
+
+def test_classify_texts_and_single_text(server, predictor, texts):
+    r = classify(server, {"texts": texts[:5]})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    results = r.json()["results"]
+    assert len(results) == 5
+    assert_matches_predictor(results, texts[:5], predictor)
+    for res in results:
+        assert sum(res["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert res["truncated"] is False
+    single = classify(server, {"text": texts[7]}).json()["results"]
+    assert len(single) == 1
+    assert_matches_predictor(single, [texts[7]], predictor)
+
+
+def test_long_text_is_truncated_and_flagged(server, predictor, texts):
+    long_text = " ".join([texts[0]] * 30)  # far beyond max_length tokens, but under the body cap
+    assert len(long_text.encode()) < MAX_BODY - 100
+    results = classify(server, {"texts": [long_text, texts[1]]}).json()["results"]
+    assert [r["truncated"] for r in results] == [True, False]
+    assert results[0]["label"] == predictor.predict([long_text])[0]
+
+
+def test_keep_alive_responses_are_not_delayed(server):
+    with httpx.Client(base_url=server, timeout=10, verify=False) as client:
+        client.get("/health")
+        times = []
+        for _ in range(9):
+            t0 = time.perf_counter()
+            assert client.get("/health").status_code == 200
+            times.append(time.perf_counter() - t0)
+    assert sorted(times)[4] < 0.03  # Nagle + delayed ACKs would add ~40 ms to each reuse of a connection
+
+
+def test_plan_forwards_sorts_rows_into_few_passes_with_little_padding():
+    from agnews_lora.batcher import plan_forwards
+
+    lengths = [128, 100] + [20] * 30  # sorted, longest first
+    plan = plan_forwards(lengths, 16)
+    assert [i for a, b in plan for i in range(a, b)] == list(range(len(lengths)))
+    assert all(0 < b - a <= 16 for a, b in plan)
+    padded = sum((b - a) * -(-lengths[a] // 16) * 16 for a, b in plan)
+    assert padded < len(lengths) * 128 / 3  # one padded batch would cost 32 x 128 tokens
+    assert plan_forwards([50] * 8, 16) == [(0, 8)] and plan_forwards([], 4) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: 4xx with a JSON error that says what is wrong; the server keeps serving
+
+
+def _raw(url, content, content_type="application/json"):
+    headers = {"content-type": content_type} if content_type else {}
+    return HTTP.post(f"{url}/v1/classify", content=content, headers=headers)
+
+
+BAD_INPUTS = {
+    "malformed JSON": (lambda u: _raw(u, b'{"texts": ["a",'), 400, "malformed_json", "not valid JSON"),
+    "invalid UTF-8": (lambda u: _raw(u, b'{"text": "\xff\xfe"}'), 400, "malformed_json", "not valid JSON"),
+    "empty body": (lambda u: _raw(u, b""), 400, "malformed_json", "empty"),
+    "text/plain": (lambda u: _raw(u, b'{"text": "a"}', "text/plain"), 415, "unsupported_media_type", "text/plain"),
+    "no content type": (lambda u: _raw(u, b'{"text": "a"}', None), 415, "unsupported_media_type", "application/json"),
+    "form body": (lambda u: HTTP.post(f"{u}/v1/classify", data={"text": "a"}), 415, "unsupported_media_type",
+                  "x-www-form-urlencoded"),
+    "empty text": (lambda u: classify(u, {"text": ""}), 422, "invalid_text", "'text' is empty"),
+    "blank text in list": (lambda u: classify(u, {"texts": ["ok", "   "]}), 422, "invalid_text", "texts[1] is empty"),
+    "empty list": (lambda u: classify(u, {"texts": []}), 422, "invalid_request", "'texts' is empty"),
+    "number text": (lambda u: classify(u, {"text": 3}), 422, "invalid_text", "'text' must be a string, got a number"),
+    "null in list": (lambda u: classify(u, {"texts": ["ok", None]}), 422, "invalid_text", "texts[1] must be a string, got null"),
+    "object in list": (lambda u: classify(u, {"texts": [{"t": "x"}]}), 422, "invalid_text", "texts[0] must be a string"),
+    "texts not a list": (lambda u: classify(u, {"texts": "abc"}), 422, "invalid_request", "must be a list"),
+    "body not an object": (lambda u: classify(u, ["a", "b"]), 422, "invalid_request", "must be an object"),
+    "both text and texts": (lambda u: classify(u, {"text": "a", "texts": ["b"]}), 422, "invalid_request", "exactly one"),
+    "neither": (lambda u: classify(u, {}), 422, "invalid_request", "exactly one"),
+    "unknown field": (lambda u: classify(u, {"txt": "a"}), 422, "invalid_request", "'txt'"),
+    "too many texts": (lambda u: classify(u, {"texts": ["a"] * (MAX_TEXTS + 1)}), 413, "too_many_texts",
+                       f"limit {MAX_TEXTS}"),
+    "body too large": (lambda u: classify(u, {"text": "x" * (MAX_BODY + 10)}), 413, "body_too_large",
+                       f"limit {MAX_BODY} bytes"),
+    "chunked body too large": (lambda u: _raw(u, iter([b'{"text": "' + b"x" * 3000, b"y" * 3000 + b'"}'])), 413,
+                               "body_too_large", f"limit {MAX_BODY} bytes"),
+    "wrong method": (lambda u: HTTP.get(f"{u}/v1/classify"), 405, "method_not_allowed", "Method Not Allowed"),
+    "unknown path": (lambda u: HTTP.post(f"{u}/v1/clasify", json={"text": "a"}), 404, "not_found", "Not Found"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gets_a_json_4xx(server, case):
+    send, status, code, message = BAD_INPUTS[case]
+    r = send(server)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    assert err["code"] == code
+    assert message in err["message"]
+    assert classify(server, {"text": "still serving"}).status_code == 200
+
+
+def test_exact_limits_are_accepted(server):
+    assert len(classify(server, {"texts": ["a"] * MAX_TEXTS}).json()["results"]) == MAX_TEXTS
+    body = b'{"text": "' + b"w " * ((MAX_BODY - 12) // 2) + b'"}'
+    assert len(body) <= MAX_BODY
+    assert _raw(server, body).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# micro-batching, isolation of failures, back-pressure, a free event loop
+
+
+def test_concurrent_clients_get_exactly_their_own_answers(server, predictor, texts):
+    n_clients = 32
+    batches = [texts[i:i + 1 + i % 2] for i in range(n_clients)]  # 1 or 2 texts per request, all different
+    barrier = threading.Barrier(n_clients, timeout=30)
+
+    def client(batch):
+        barrier.wait()
+        body = {"text": batch[0]} if len(batch) == 1 else {"texts": batch}
+        return classify(server, body)
+
+    before = stats(server)
+    with ThreadPoolExecutor(n_clients + 1) as pool:
+        sleeper = hold_worker(server, 600, pool)  # they all queue up behind this batch
+        responses = list(pool.map(client, batches))
+        assert sleeper.result().status_code == 200
+    for batch, r in zip(batches, responses):
+        assert r.status_code == 200, r.text
+        assert_matches_predictor(r.json()["results"], batch, predictor)
+    after = stats(server)
+    n_requests = after["requests"] - before["requests"] - 1
+    assert n_requests == n_clients
+    assert after["batches"] - before["batches"] - 1 < n_clients // 2  # gathered, not one forward each
+    assert after["largest_batch_requests"] > 1
+    assert after["largest_batch_texts"] <= MAX_BATCH
+
+
+def test_failing_batch_fails_only_the_request_that_breaks_it(server, predictor, texts):
+    with ThreadPoolExecutor(12) as pool:
+        sleeper = hold_worker(server, 400, pool)  # the bad and the good requests gather into one batch
+        bad = pool.submit(classify, server, {"texts": ["fine", "__raise__"]})
+        good = [pool.submit(classify, server, {"text": t}) for t in texts[:10]]
+        r_bad, r_good = bad.result(), [f.result() for f in good]
+        assert sleeper.result().status_code == 200
+    assert r_bad.status_code == 500
+    assert r_bad.json()["error"] == {"code": "inference_failed", "message": "inference failed: RuntimeError: injected test fault"}
+    for t, r in zip(texts[:10], r_good):
+        assert r.status_code == 200
+        assert_matches_predictor(r.json()["results"], [t], predictor)
+    assert HTTP.get(f"{server}/health").status_code == 200
+    assert classify(server, {"text": texts[3]}).status_code == 200
+
+
+def test_full_queue_answers_503(server):
+    with ThreadPoolExecutor(MAX_QUEUE // MAX_TEXTS + 1) as pool:
+        sleeper = hold_worker(server, 1500, pool)
+        queued = [pool.submit(classify, server, {"texts": [f"text {i}"] * MAX_TEXTS})
+                  for i in range(MAX_QUEUE // MAX_TEXTS)]
+        deadline = time.monotonic() + 10
+        while stats(server)["queued_texts"] < MAX_QUEUE:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        r = classify(server, {"text": "one too many"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "overloaded"
+        assert all(f.result().status_code == 200 for f in queued)
+        assert sleeper.result().status_code == 200
+
+
+def test_event_loop_is_not_blocked_by_the_model(server):
+    with ThreadPoolExecutor(1) as pool:
+        sleeper = hold_worker(server, 1500, pool)
+        t0 = time.perf_counter()
+        assert HTTP.get(f"{server}/health", timeout=5).status_code == 200
+        assert HTTP.get(f"{server}/v1/info", timeout=5).status_code == 200
+        assert time.perf_counter() - t0 < 0.75
+        assert not sleeper.done()
+        assert sleeper.result().status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# process level: bad run dir, no batching, graceful shutdown
+
+
+def test_bad_run_dir_or_option_is_one_line_exit_2_before_binding(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cases = {  # argv -> the one line on stderr
+        (str(tmp_path / "missing"), "--port", "0"): f"error: run directory '{tmp_path / 'missing'}' not found",
+        (str(tmp_path), "--max-batch-size", "0"): "error: --max-batch-size must be at least 1",
+    }
+    procs = {argv: subprocess.Popen([sys.executable, "-m", "agnews_lora", "serve", *argv], env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for argv in cases}
+    for argv, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err
+        assert err.strip().splitlines() == [cases[argv]]
+        assert "http://" not in out  # it never got as far as listening
+
+
+def test_unbatched_server_and_graceful_sigterm(servers, predictor, texts):
+    proc, url = servers["unbatched"].proc, servers["unbatched"].url
+    assert HTTP.get(f"{url}/v1/info").json()["serving"]["batching"] is False
+    with ThreadPoolExecutor(8) as pool:
+        sleeper = hold_worker(url, 1200, pool)
+        queued = [pool.submit(classify, url, {"text": t}) for t in texts[:6]]
+        deadline = time.monotonic() + 10
+        while stats(url)["queued_texts"] < 6:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)  # seven requests are in flight
+        assert sleeper.result().status_code == 200
+        for t, f in zip(texts[:6], queued):
+            r = f.result()
+            assert r.status_code == 200
+            assert_matches_predictor(r.json()["results"], [t], predictor)
+    rc = proc.wait(timeout=30)
+    assert rc in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
+    err = servers["unbatched"].err_path.read_text()
+    assert "stopped: 7 requests, 7 texts in 7 batches" in err  # one forward each, none lost
+    assert "Traceback" not in err
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=2, verify=False)  # a fresh connection
+
+
+def teardown_module():
+    HTTP.close()
