@@ -183,22 +183,26 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """Parse a YAML file; a missing file, bad YAML or non-UTF-8 text is a one-line UserError."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} '{p}' not found")
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        loc = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{what} '{p}' is not valid YAML{loc}: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} '{p}' is not UTF-8 text") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file (if any), then ``--set`` overrides; validated."""
     cfg = Config()
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file '{p}' not found")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            loc = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise UserError(f"config file '{p}' is not valid YAML{loc}: {getattr(e, 'problem', e)}") from None
-        except UnicodeDecodeError:
-            raise UserError(f"config file '{p}' is not UTF-8 text") from None
-        _apply(cfg, data or {})
+        _apply(cfg, read_yaml(path) or {})
     return apply_overrides(cfg, overrides or [])
 
 

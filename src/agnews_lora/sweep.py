@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, load_config
+from .config import Config, load_config, read_yaml
 from .errors import TrainingInterrupted, UserError
 
 log = logging.getLogger(__name__)
@@ -138,17 +138,8 @@ def _run_children(runs: Any, where: str) -> list[Child]:
 def load_sweep(path: str | Path, output_dir: str | Path | None = None) -> Sweep:
     """Read and fully validate a sweep file: every child's config is built (strictly) before anything trains."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sweep file '{path}' not found")
     where = f"sweep file '{path}'"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        loc = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{where} is not valid YAML{loc}: {getattr(e, 'problem', e)}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{where} is not UTF-8 text") from None
+    data = read_yaml(path, "sweep file")
     if not isinstance(data, dict):
         raise UserError(f"{where} must be a mapping with keys {', '.join(SWEEP_KEYS)}")
     for key in data:
