@@ -109,17 +109,10 @@ def quiet() -> None:
     """No progress bars or info chatter from transformers / datasets."""
     import warnings
 
-    warnings.filterwarnings("ignore")
-    try:
-        import datasets
-        import transformers
+    from agnews_lora.cli import quiet_libraries
 
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-        datasets.logging.set_verbosity_error()
-        datasets.disable_progress_bars()
-    except ImportError:
-        pass
+    warnings.filterwarnings("ignore")
+    quiet_libraries()
 
 
 def say(msg: str) -> None:

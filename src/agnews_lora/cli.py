@@ -32,6 +32,11 @@ def _setup_logging(verbose: bool) -> None:
     log.propagate = False
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info chatter from transformers / datasets (our own output stays)."""
     try:
         import datasets
         import transformers
