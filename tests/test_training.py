@@ -119,3 +119,50 @@ def test_summary_records_what_was_used(trained_run):
     assert s["precision"] in ("bf16", "fp32") and s["device"] == "cpu"
     assert s["timings"]["train_seconds"] > 0 and s["timings"]["train_samples_per_s"] > 0
     assert s["steps"] == 120 and s["train_rows"] + s["validation_rows"] == 800
+
+
+def test_bf16_stored_frozen_base_changes_nothing_under_autocast(tiny_model_dir):
+    """Storing the frozen Linear weights in bf16 once gives the same loss and LoRA gradients, bit for bit."""
+    from agnews_lora.devices import cast_frozen_linears
+    from agnews_lora.modeling import apply_lora, load_base_model
+
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "lora.target_modules=[query, key, value, dense]"])
+    torch.manual_seed(0)
+    batch = {"input_ids": torch.randint(5, 200, (4, 24)), "attention_mask": torch.ones(4, 24, dtype=torch.long),
+             "labels": torch.tensor([0, 1, 2, 3])}
+
+    def loss_and_grads(cast: bool):
+        torch.manual_seed(1)
+        model = apply_lora(load_base_model(cfg), cfg.lora).eval()  # eval: no dropout, same numbers
+        n = cast_frozen_linears(model) if cast else 0
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+        dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
+        return loss.detach(), grads, n, dtypes
+
+    ref_loss, ref_grads, _, _ = loss_and_grads(False)
+    loss, grads, n_cast, trainable_dtypes = loss_and_grads(True)
+    assert n_cast > 0 and trainable_dtypes == {torch.float32}  # base cast, LoRA + head stay fp32
+    assert torch.equal(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for k in grads:
+        assert torch.equal(grads[k], ref_grads[k]), k
+
+
+def test_bf16_run_exports_an_fp32_merged_model_equal_to_base_plus_adapter(tiny_model_dir, data_dir, tmp_path):
+    """A bf16 run keeps its frozen base in bf16 while training; merged/ is still the exact fp32 merge."""
+    from transformers import AutoModelForSequenceClassification
+
+    from agnews_lora.modeling import load_adapter_model
+
+    run = _train(tiny_model_dir, data_dir, tmp_path, **{"train.precision": "bf16", "run_name": "bf16",
+                                                          "train.max_steps": 20})
+    assert run.summary["precision"] == "bf16"
+    saved = AutoModelForSequenceClassification.from_pretrained(run.dir / "merged").state_dict()
+    expected = load_adapter_model(run.dir, run.config).merge_and_unload().state_dict()
+    assert {t.dtype for t in saved.values() if t.is_floating_point()} == {torch.float32}
+    assert saved.keys() == expected.keys()
+    for k in saved:
+        assert torch.equal(saved[k], expected[k]), k

@@ -40,3 +40,26 @@ def autocast_context(precision: str, device_type: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def cast_frozen_linears(model, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Store the weights of frozen ``nn.Linear`` layers in ``dtype``; return how many parameters were cast.
+
+    Under autocast every matmul casts its fp32 weight to bf16 on every forward pass: autocast caches
+    casts only for weights that require grad, and a LoRA base is frozen. Storing those weights in bf16
+    once gives bit-identical outputs and gradients (autocast would round them the same way), with no
+    per-step cast and half the weight memory. Trainable layers (LoRA matrices, the head) stay fp32, and
+    so do embeddings and LayerNorms. Only for code that runs the model under bf16 autocast.
+    """
+    n = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and not any(p.requires_grad for p in module.parameters()):
+            if module.weight.dtype != dtype:
+                module.to(dtype)
+                n += sum(p.numel() for p in module.parameters())
+    return n
+
+
+def has_cast_linears(model) -> bool:
+    """True if some ``nn.Linear`` stores reduced-precision weights (see `cast_frozen_linears`)."""
+    return any(type(m) is torch.nn.Linear and m.weight.dtype in (torch.bfloat16, torch.float16) for m in model.modules())

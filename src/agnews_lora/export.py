@@ -58,6 +58,24 @@ def save_adapter_and_merged(peft_model, tokenizer, run_dir: Path, base_model_id:
     _save_dir(run_dir / "merged", write_merged)
 
 
+def fp32_for_export(cfg, peft_model):
+    """The trained PEFT model with the base weights in fp32 (the training loop may keep them in bf16).
+
+    A bf16-stored base is rebuilt from the pre-trained weights and gets the trained LoRA matrices and
+    head, so that ``merged/`` is exactly base + LoRA update in fp32, as a user merging the adapter gets.
+    """
+    from .devices import has_cast_linears
+    from .modeling import apply_lora, load_base_model
+    from .training import _load_trainable, _trainable_state
+
+    if not has_cast_linears(peft_model):
+        return peft_model
+    state = _trainable_state(peft_model)
+    fresh = apply_lora(load_base_model(cfg), cfg.lora)
+    _load_trainable(fresh, state)
+    return fresh
+
+
 def finish_run(loop, stopped_early: bool):
     """Called by every process at the end of `training._Loop.run`; the main process writes."""
     from .training import Run, _load_trainable
@@ -69,6 +87,7 @@ def finish_run(loop, stopped_early: bool):
         model = acc.unwrap_model(loop.model, keep_fp32_wrapper=False)
         if loop.best_state is not None:
             _load_trainable(model, loop.best_state)
+        model = fp32_for_export(cfg, model)
         save_adapter_and_merged(model, loop.tokenizer, run_dir, cfg.model.name_or_path)
         rows = read_metrics(run_dir / "metrics.jsonl")
         plot_training_curves(rows, run_dir / "plots")

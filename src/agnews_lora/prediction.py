@@ -19,7 +19,7 @@ import torch
 
 from .batching import collate, sorted_batches
 from .data import Encoded, read_columns
-from .devices import autocast_context, resolve_precision
+from .devices import autocast_context, cast_frozen_linears, resolve_precision
 from .errors import UserError
 from .runs import load_finished_run
 
@@ -125,6 +125,8 @@ class Predictor:
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
             device = "cpu"
         p = cls(model, tokenizer, cfg.data.label_names, cfg.model.max_length, batch_size, precision, device, quantize == "int8")
+        if p.precision == "bf16":  # the model is ours: store its Linear weights in bf16 once (same logits under autocast)
+            cast_frozen_linears(p.model.requires_grad_(False), torch.bfloat16)
         p.summary = summary
         return p
 
