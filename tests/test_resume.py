@@ -133,3 +133,32 @@ def test_resume_refuses_finished_runs_and_runs_without_checkpoints(trained_run, 
     assert "already finished" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "not an agnews-lora run directory" in capsys.readouterr().err
+
+
+def test_a_failed_export_keeps_the_trained_weights_and_resume_writes_them(tiny_model_dir, data_dir, tmp_path,
+                                                                             monkeypatch, capsys):
+    """Training finished but writing merged/ failed (full disk, ...): a checkpoint keeps the work; --resume exports."""
+    import agnews_lora.export as export
+
+    real = export.save_adapter_and_merged
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "save_adapter_and_merged", disk_full)
+    run_dir = tmp_path / "runs" / "export-fails"
+    args = _args(tiny_model_dir, data_dir, tmp_path, "export-fails", **{"train.max_steps": 40, "train.eval_every": 20,
+                                                                         "train.checkpoint_every": "null"})
+    assert main(["train", *args, "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "--resume" in err and "Traceback" not in err
+    assert not (run_dir / "summary.json").exists()
+
+    monkeypatch.setattr(export, "save_adapter_and_merged", real)
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
+    from agnews_lora.runs import read_metrics
+
+    summary = __import__("json").loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 40 and summary["final_validation"]["rows"] > 0  # no extra training after the resume
+    assert (run_dir / "merged" / "config.json").is_file()
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train"][-1] == 40

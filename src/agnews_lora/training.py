@@ -28,7 +28,7 @@ from .batching import collate, train_batches
 from .budget import ParamCounts, check_budget, count_params
 from .config import Config, save_config
 from .data import Encoded, encode, load_splits
-from .devices import resolve_precision
+from .devices import cast_frozen_linears, resolve_precision
 from .errors import TrainingInterrupted, UserError
 from .evaluation import classification_metrics
 from .modeling import apply_lora, load_base_model, load_model_config, load_tokenizer, meta_peft_model
@@ -186,12 +186,15 @@ class _Loop:
         if self.steps_per_epoch == 0:
             raise UserError(f"{len(train_enc)} training rows are fewer than one global batch; lower train.per_device_batch_size")
         self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
+        if precision == "bf16":  # frozen base weights stored in bf16 once: same numbers, no cast per step
+            cast_frozen_linears(model, torch.bfloat16)
         optimizer = _optimizer(model, cfg)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.scheduler = _scheduler(self.optimizer, cfg, self.total_steps)
         self.step, self.best_acc, self.best_step, self.best_state, self.bad_evals = 0, -1.0, 0, None, 0
         self.best_metrics: dict = {}
         self.last_eval: dict = {}
+        self.finished = False  # True once training is over (set when the export fails and is checkpointed)
         self.train_time = 0.0
         self._epoch_cache: tuple[int, list] | None = None
 
@@ -208,7 +211,10 @@ class _Loop:
         self.step, self.best_acc, self.best_step = state["step"], state["best_acc"], state["best_step"]
         self.best_state, self.bad_evals, self.best_metrics = state["best_state"], state["bad_evals"], state["best_metrics"]
         self.train_time = state.get("train_time", 0.0)
+        self.last_eval = state.get("last_eval", {})
         self.resumed_from = state["step"]
+        if state.get("finished"):  # stopped (early or at the end) and only the outputs are missing
+            self.finished, self.total_steps = True, self.step
 
     def save_checkpoint(self) -> None:
         if self.acc.is_main_process:
@@ -218,6 +224,7 @@ class _Loop:
                 "best_acc": self.best_acc, "best_step": self.best_step, "best_state": self.best_state,
                 "best_metrics": self.best_metrics, "bad_evals": self.bad_evals, "train_time": self.train_time,
                 "world_size": self.world, "global_batch": self.global_batch,
+                "last_eval": self.last_eval, "finished": self.finished,
             }
             ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, state, self.cfg.train.keep_checkpoints, self.best_step)
         self.acc.wait_for_everyone()
@@ -330,7 +337,14 @@ class _Loop:
             metrics_log.close()
         from .export import finish_run
 
-        return finish_run(self, stopped_early)
+        try:
+            return finish_run(self, stopped_early)
+        except Exception:  # the trained weights must survive a failed export (full disk, a bug): keep them
+            self.finished = True
+            self.save_checkpoint()
+            log.error(f"training finished, but writing its outputs failed; the trained weights are checkpointed: "
+                      f"fix the cause below and run `agnews-lora train --resume {self.run_dir}` to write them")
+            raise
 
     def _eval_and_track(self, metrics_log, bar) -> bool:
         m = self.evaluate()
