@@ -370,3 +370,34 @@ def test_unbatched_server_and_graceful_sigterm(servers, predictor, texts):
 
 def teardown_module():
     HTTP.close()
+
+
+def test_lone_request_is_not_held_back_but_concurrent_ones_are_gathered():
+    """One client alone never pays max_wait; requests that arrive together still share one forward pass."""
+    import asyncio
+    import time
+
+    from agnews_lora.batcher import MicroBatcher
+
+    calls = []
+
+    def fn(texts):
+        calls.append(list(texts))
+        return [t.upper() for t in texts]
+
+    async def scenario():
+        b = MicroBatcher(fn, max_batch_size=8, max_wait_ms=2000)
+        b.start()
+        lone = []
+        for t in "xy":
+            t0 = time.perf_counter()
+            assert await b.submit([t]) == [t.upper()]
+            lone.append(time.perf_counter() - t0)
+        together = await asyncio.gather(*(b.submit([c]) for c in "bcdef"))
+        await b.stop()
+        return lone, together
+
+    lone, together = asyncio.run(scenario())
+    assert max(lone) < 1.0  # far below the 2 s max_wait
+    assert together == [[c.upper()] for c in "bcdef"]
+    assert calls == [["x"], ["y"], list("bcdef")]  # the five were gathered into one batch

@@ -1,7 +1,8 @@
 """Micro-batching for the HTTP service: many small concurrent requests, one batch on the model.
 
 Requests join a FIFO queue on the event loop.  One dispatcher task takes the oldest request,
-waits at most ``max_wait_ms`` *from that request's arrival* for more, takes requests in order
+waits at most ``max_wait_ms`` *from that request's arrival* for more (only when there is company:
+a lone request after a lone request runs at once, so one client never pays the wait), takes requests in order
 while their texts fit into ``max_batch_size``, and runs the batch function in a single
 dedicated worker thread, so the event loop never waits on the model.  While a batch runs,
 new requests queue up and form the next batch.
@@ -106,6 +107,7 @@ class MicroBatcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._last_batch_requests = 1  # a lone request after a lone request is not held back for company
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agnews-serve-model")
 
     @property
@@ -173,7 +175,7 @@ class MicroBatcher:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self.batching and self.max_wait > 0:
+            if self.batching and self.max_wait > 0 and (len(self._queue) > 1 or self._last_batch_requests > 1):
                 # gather: wait until the batch is full or the oldest request has waited max_wait
                 deadline = self._queue[0].arrived + self.max_wait
                 while self._queued_texts < self.max_batch_size and not self._stopping:
@@ -187,6 +189,7 @@ class MicroBatcher:
                         break
             batch = self._take_batch()
             if batch:
+                self._last_batch_requests = len(batch)
                 await self._run_batch(batch)
 
     async def _run_batch(self, batch: list[_Job]) -> None:
