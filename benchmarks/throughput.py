@@ -748,6 +748,7 @@ def _ours(cfg, plan: Plan, tokenizer, train_enc, eval_enc, eval_table, workdir: 
     from agnews_lora.batching import train_batches
     from agnews_lora.budget import count_params
     from agnews_lora.devices import resolve_precision
+    from agnews_lora.export import fp32_for_export
     from agnews_lora.modeling import apply_lora, load_base_model
     from agnews_lora.prediction import Predictor
     from agnews_lora.training import _Loop
@@ -762,17 +763,34 @@ def _ours(cfg, plan: Plan, tokenizer, train_enc, eval_enc, eval_table, workdir: 
     lengths_all = train_enc.lengths
     multiple, max_length = cfg.train.pad_to_multiple_of, cfg.model.max_length
 
+    def width_of(s: int) -> int:
+        lens = lengths_all[np.concatenate(loop.micro_batches(s))]
+        return min(max_length, -(-int(lens.max()) // multiple) * multiple)
+
+    # Length-grouped batches differ a lot in width (a few hold the longest rows), so a window of consecutive
+    # steps over- or under-samples the wide ones. Time an evenly spaced sample of the epoch's steps instead, and
+    # warm up on one step of every width in it: a shape's first pass pays oneDNN set-up once per run, not per step.
+    warm, steps = plan.train["ours"]
+    sample = sorted({int(k * loop.steps_per_epoch / steps) for k in range(steps)})
+    first_of_width: dict[int, int] = {}
+    for s in sample:
+        first_of_width.setdefault(width_of(s), s)
+    warm_steps = list(first_of_width.values())
+    warm_steps += sample[: max(0, warm - len(warm_steps))]
+    schedule = warm_steps + sample
+
     def step(i):
+        loop.step = schedule[i] if i is not None else loop.step  # data (and dropout) of that step of the epoch
         idx = np.concatenate(loop.micro_batches(loop.step))
         _, n_tokens, n_rows = loop.train_step()
         lens = lengths_all[idx]
         width = min(max_length, -(-int(lens.max()) // multiple) * multiple)
         return n_rows, n_tokens, width, lens
 
-    warm, steps = plan.train["ours"]
-    times, rows, tokens, widths, step_lengths = _train_measure(step, warm, steps)
+    times, rows, tokens, widths, step_lengths = _train_measure(step, len(warm_steps), len(sample))
     peak_after = _peak(precision, plan, device)
     res = _timing_summary(times, rows, tokens, widths)
+    res["train_timed_steps"] = f"{len(sample)} steps evenly spaced over epoch 0 (after {len(warm_steps)} warm-up steps, one per width)"
     # peak memory over an epoch is set by its widest batch: run the real train_step on it once (untimed)
     epoch_batches = train_batches(lengths_all, cfg.train.per_device_batch_size, cfg.train.seed, 0, cfg.train.group_by_length)
     widest = max(epoch_batches, key=lambda b: (int(lengths_all[b].max()), len(b)))
@@ -780,11 +798,15 @@ def _ours(cfg, plan: Plan, tokenizer, train_enc, eval_enc, eval_table, workdir: 
     res["memory_probe_width"] = step(None)[2]
     del loop.micro_batches
 
-    # inference: merged model (as export.save_adapter_and_merged writes it) served by Predictor
+    # inference: the fp32 merged model exactly as export writes merged/, prepared as Predictor.from_run does
     peft_model = acc.unwrap_model(loop.model, keep_fp32_wrapper=False)
-    merged = peft_model.merge_and_unload().to(torch.float32)
-    del loop, peft_model, model
-    predictor = Predictor(merged, tokenizer, cfg.data.label_names, cfg.model.max_length, batch_size=cfg.train.eval_batch_size)
+    del loop, model
+    merged = fp32_for_export(cfg, peft_model).merge_and_unload()
+    del peft_model
+    served = merged
+    if resolve_precision("auto", device.type) == "bf16":  # from_run stores the Linear weights in bf16 once
+        served = cast_frozen_linears_copy(merged)
+    predictor = Predictor(served, tokenizer, cfg.data.label_names, cfg.model.max_length, batch_size=cfg.train.eval_batch_size)
     n_rows, passes = plan.infer["ours"]
     texts = eval_table.texts[:n_rows]
     predictor.logits(texts)  # warm-up: sees every padded shape once
@@ -802,6 +824,18 @@ def _ours(cfg, plan: Plan, tokenizer, train_enc, eval_enc, eval_table, workdir: 
     if plan.extras and device.type == "cpu":
         res.update(_extras(predictor, merged, tokenizer, cfg, eval_enc, texts, logits, device))
     return res
+
+
+def cast_frozen_linears_copy(model):
+    import copy
+
+    import torch
+
+    from agnews_lora.devices import cast_frozen_linears
+
+    out = copy.deepcopy(model).requires_grad_(False)
+    cast_frozen_linears(out, torch.bfloat16)
+    return out
 
 
 def _extras(predictor, merged, tokenizer, cfg, eval_enc, texts, logits_bf16, device) -> dict:
