@@ -231,3 +231,23 @@ def test_existing_run_name_is_not_overwritten(trained_run, capsys):
     sets += [f"output_dir={cfg['output_dir']}", f"run_name={cfg['run_name']}"]
     assert main(["train", "--no-progress", *_sets(sets)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_int8_evaluation_reports_its_accuracy_delta_without_library_noise(trained_run, tmp_path):
+    """`evaluate --quantize int8` in a real process: its own metrics next to the bf16/fp32 ones, no warnings."""
+    import shutil
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONWARNINGS"}  # what a user's shell shows
+    for extra in ([], ["--quantize", "int8"]):
+        proc = subprocess.run([sys.executable, "-m", "agnews_lora", "evaluate", str(run), *extra],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "Warning" not in proc.stderr, proc.stderr[-2000:]
+    full = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    int8 = json.loads((run / "eval" / "test-int8" / "metrics.json").read_text())
+    assert int8["quantized"] is True and full["quantized"] is False and int8["rows"] == full["rows"]
+    assert abs(int8["accuracy"] - full["accuracy"]) <= 0.1  # a tiny model: int8 moves a few predictions at most
