@@ -86,6 +86,7 @@ class TrainConfig:
     precision: str = _f("auto", "'auto' (bf16 where the hardware has it, else fp32), 'bf16', 'fp16' or 'fp32'.")
     group_by_length: bool = _f(True, "Length-grouped (bucketed) training batches; batch order stays random.")
     pad_to_multiple_of: int = _f(16, "Pad batch lengths up to a multiple of this (fewer distinct shapes).")
+    fast_cpu_dropout: bool = _f(True, "CPU training: draw dropout masks with numpy's PCG64 instead of torch's one-thread generator (same keep probability; much faster).")
     checkpoint_every: int | None = _f(None, "Write a resumable checkpoint every N steps (null = only on interrupt).")
     keep_checkpoints: int = _f(2, "Keep the newest K periodic checkpoints (the best one is kept as well).")
 

@@ -78,6 +78,7 @@ def fp32_for_export(cfg, peft_model):
 
 def finish_run(loop, stopped_early: bool):
     """Called by every process at the end of `training._Loop.run`; the main process writes."""
+    from .fast_dropout import restore_dropout
     from .training import Run, _load_trainable
 
     acc, cfg, run_dir = loop.acc, loop.cfg, loop.run_dir
@@ -87,6 +88,8 @@ def finish_run(loop, stopped_early: bool):
         model = acc.unwrap_model(loop.model, keep_fp32_wrapper=False)
         if loop.best_state is not None:
             _load_trainable(model, loop.best_state)
+        if loop.fast_dropout is not None:  # the saved model uses torch's own dropout and attention
+            restore_dropout(model, loop.fast_dropout)
         model = fp32_for_export(cfg, model)
         save_adapter_and_merged(model, loop.tokenizer, run_dir, cfg.model.name_or_path)
         rows = read_metrics(run_dir / "metrics.jsonl")
@@ -110,6 +113,7 @@ def finish_run(loop, stopped_early: bool):
             "world_size": loop.world, "per_device_batch_size": t.per_device_batch_size,
             "grad_accumulation": t.grad_accumulation, "global_batch_size": loop.global_batch,
             "precision": loop.precision, "device": str(acc.device),
+            "dropout": "fast-cpu (numpy PCG64 masks)" if loop.fast_dropout is not None else "torch",
             "timings": {
                 "train_seconds": round(loop.train_time, 3),
                 "train_samples_per_s": round(loop.step * loop.global_batch / max(loop.train_time, 1e-9), 2),

@@ -29,6 +29,7 @@ from .budget import ParamCounts, check_budget, count_params
 from .config import Config, save_config
 from .data import Encoded, encode, load_splits
 from .devices import cast_frozen_linears, resolve_precision
+from .fast_dropout import use_fast_dropout
 from .errors import TrainingInterrupted, UserError
 from .evaluation import classification_metrics
 from .modeling import apply_lora, load_base_model, load_model_config, load_tokenizer, meta_peft_model
@@ -166,6 +167,9 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
         f"{acc.num_processes} process(es) on {acc.device}")
 
     loop = _Loop(cfg, acc, model, tokenizer, train_enc, val_enc, run_dir, precision, counts, progress)
+    if loop.fast_dropout is not None:
+        say(f"dropout: fast CPU masks in {loop.fast_dropout['dropout_modules']} modules and in the attention "
+            f"(train.fast_cpu_dropout; false restores torch's own)")
     if state is not None:
         loop.restore(state)
     return loop.run()
@@ -186,6 +190,9 @@ class _Loop:
         if self.steps_per_epoch == 0:
             raise UserError(f"{len(train_enc)} training rows are fewer than one global batch; lower train.per_device_batch_size")
         self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
+        self.fast_dropout: dict | None = None  # what use_fast_dropout changed (undone before the export)
+        if t.fast_cpu_dropout and acc.device.type == "cpu":
+            self.fast_dropout = use_fast_dropout(model)
         if precision == "bf16":  # frozen base weights stored in bf16 once: same numbers, no cast per step
             cast_frozen_linears(model, torch.bfloat16)
         optimizer = _optimizer(model, cfg)
