@@ -804,8 +804,12 @@ def _ours(cfg, plan: Plan, tokenizer, train_enc, eval_enc, eval_table, workdir: 
     merged = fp32_for_export(cfg, peft_model).merge_and_unload()
     del peft_model
     served = merged
-    if resolve_precision("auto", device.type) == "bf16":  # from_run stores the Linear weights in bf16 once
-        served = cast_frozen_linears_copy(merged)
+    if resolve_precision("auto", device.type) == "bf16":  # as Predictor.from_run: the whole model in bf16
+        import copy
+
+        from agnews_lora.prediction import prepare_for_inference
+
+        served = prepare_for_inference(copy.deepcopy(merged), "bf16")
     predictor = Predictor(served, tokenizer, cfg.data.label_names, cfg.model.max_length, batch_size=cfg.train.eval_batch_size)
     n_rows, passes = plan.infer["ours"]
     texts = eval_table.texts[:n_rows]
@@ -824,18 +828,6 @@ def _ours(cfg, plan: Plan, tokenizer, train_enc, eval_enc, eval_table, workdir: 
     if plan.extras and device.type == "cpu":
         res.update(_extras(predictor, merged, tokenizer, cfg, eval_enc, texts, logits, device))
     return res
-
-
-def cast_frozen_linears_copy(model):
-    import copy
-
-    import torch
-
-    from agnews_lora.devices import cast_frozen_linears
-
-    out = copy.deepcopy(model).requires_grad_(False)
-    cast_frozen_linears(out, torch.bfloat16)
-    return out
 
 
 def _extras(predictor, merged, tokenizer, cfg, eval_enc, texts, logits_bf16, device) -> dict:

@@ -43,3 +43,13 @@ def test_throughput_quick_tiny_writes_json(tmp_path):
     max_length = report["settings"]["max_length"]
     assert all(w % 16 == 0 or w == max_length for w in report["ours"]["train_widths_seen"])  # pad to a multiple of 16
     assert len(report["loadavg_start"]) == 3
+
+
+def test_profile_step_tiny_prints_where_the_time_goes():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_WAIT_POLICY="PASSIVE")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--model", "tiny", "--steps", "2",
+                           "--first-step", "3"], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "dropout fast-cpu" in out and "ms/step (profiled)" in out and "matrix products" in out
+    assert "aten::" in out  # the operator table

@@ -65,7 +65,6 @@ def make_batch_fn(predictor, overhead_tokens: int | None = None):
 
     from .batcher import plan_forwards
     from .batching import collate
-    from .devices import autocast_context
     from .prediction import encode_texts, softmax
 
     p, names = predictor, predictor.label_names
@@ -83,7 +82,7 @@ def make_batch_fn(predictor, overhead_tokens: int | None = None):
             for a, b in plan_forwards(encoded.lengths[order], p.batch_size, overhead_tokens):
                 rows = order[a:b]
                 batch = collate([encoded.ids[i] for i in rows], p.pad_id, 16, p.max_length)
-                with autocast_context(p.precision, p.device.type):
+                with p.precision_context():
                     out = p.model(**{k: v.to(p.device) for k, v in batch.items()}).logits
                 logits[rows] = out.float().cpu().numpy()
         if not np.isfinite(logits).all():
