@@ -2,7 +2,7 @@
 
 On a CPU, torch draws every dropout mask one element at a time from its single-threaded Mersenne
 Twister (``aten::bernoulli_``): 8.2 ms for one 32 x 64 x 768 activation on a 2-core AMX Xeon,
-where the bf16 matrix products of a whole roberta-base LoRA layer take about 40 ms.  A roberta-base
+where the bf16 matrix products of a whole roberta-base LoRA layer take about 33 ms.  A roberta-base
 LoRA step draws 61 such masks (embeddings, two per layer after the attention output and the FFN,
 the attention probabilities, and PEFT's LoRA-input dropout on query and value), which made dropout
 a third of every training step.
