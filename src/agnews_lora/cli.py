@@ -81,7 +81,8 @@ def cmd_train(args) -> int:
         _out(f"\nrun            {run.dir}")
         _out(f"base model     {s['base_model']}")
         _out(f"trainable      {p['trainable']:,} / budget {s['budget']['max_trainable_params']:,}  (LoRA {p['lora']:,} + head {p['head']:,})")
-        _out(f"steps          {s['steps']} ({s['epochs']} epochs, global batch {s['global_batch_size']}, {s['world_size']} process(es), {s['precision']})")
+        _out(f"steps          {s['steps']} ({s['epochs']} epochs, global batch {s['global_batch_size']}, {s['world_size']} process(es), {s['precision']}"
+             f"{', fast CPU dropout' if str(s.get('dropout', '')).startswith('fast') else ''})")
         _out(f"best val       accuracy {b['val_accuracy']:.4f}  macro-F1 {b.get('val_macro_f1', float('nan')):.4f}  at step {b['step']}")
         _out(f"train time     {tm['train_seconds']:.1f} s  ({tm['train_samples_per_s']:.1f} samples/s)")
         _out(f"written        config.yaml metrics.jsonl summary.json adapter/ merged/ plots/")
