@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 ATTENTION_NAME = "agnews_lora_cpu_train"
-MAX_MATH_ATTENTION = 256 * 256  # query x key lengths above this go to SDPA (its memory does not grow with L^2)
+MAX_MATH_ATTENTION = 256 * 256  # longer query x key go to SDPA, as without fast dropout (bounds the L^2 memory kept here)
 _LEVELS = 1 << 16
 
 
