@@ -101,18 +101,29 @@ def _register() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
 
 
-def use_fast_dropout(model) -> dict:
-    """Swap the model's ``nn.Dropout`` modules for `FastDropout` and its SDPA/eager attention for
-    `attention_forward`, in place. Returns what changed (for the log and `restore_dropout`)."""
+def _swap_dropouts(model, old: type, new: type) -> int:
+    """Replace every module of exactly type ``old`` by a ``new`` with the same p and mode; count them."""
     swapped = 0
     for module in model.modules():
         for name, child in module.named_children():
-            if type(child) is nn.Dropout:
-                fast = FastDropout(child.p, child.inplace)
-                fast.train(child.training)
-                setattr(module, name, fast)
+            if type(child) is old:
+                replacement = new(child.p, child.inplace)
+                replacement.train(child.training)
+                setattr(module, name, replacement)
                 swapped += 1
-    base = getattr(model, "get_base_model", lambda: model)()
+    return swapped
+
+
+def _base(model):
+    """The transformers model inside a PEFT model (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def use_fast_dropout(model) -> dict:
+    """Swap the model's ``nn.Dropout`` modules for `FastDropout` and its SDPA/eager attention for
+    `attention_forward`, in place. Returns what changed (for the log and `restore_dropout`)."""
+    swapped = _swap_dropouts(model, nn.Dropout, FastDropout)
+    base = _base(model)
     attn = getattr(base.config, "_attn_implementation", None)
     changed_attn = None
     if attn in ("sdpa", "eager") and hasattr(base, "set_attn_implementation"):
@@ -125,12 +136,6 @@ def use_fast_dropout(model) -> dict:
 
 def restore_dropout(model, changed: dict) -> None:
     """Undo `use_fast_dropout` (torch's own dropout modules and the original attention)."""
-    for module in model.modules():
-        for name, child in module.named_children():
-            if type(child) is FastDropout:
-                plain = nn.Dropout(child.p, child.inplace)
-                plain.train(child.training)
-                setattr(module, name, plain)
+    _swap_dropouts(model, FastDropout, nn.Dropout)
     if changed.get("attention_from"):
-        base = getattr(model, "get_base_model", lambda: model)()
-        base.set_attn_implementation(changed["attention_from"])
+        _base(model).set_attn_implementation(changed["attention_from"])

@@ -168,7 +168,8 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
 
     loop = _Loop(cfg, acc, model, tokenizer, train_enc, val_enc, run_dir, precision, counts, progress)
     if loop.fast_dropout is not None:
-        say(f"dropout: fast CPU masks in {loop.fast_dropout['dropout_modules']} modules and in the attention "
+        where = " and in the attention" if loop.fast_dropout["attention_from"] else ""
+        say(f"dropout: fast CPU masks in {loop.fast_dropout['dropout_modules']} modules{where} "
             f"(train.fast_cpu_dropout; false restores torch's own)")
     if state is not None:
         loop.restore(state)
