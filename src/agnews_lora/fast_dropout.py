@@ -1,15 +1,13 @@
 """Dropout that does not dominate CPU training.
 
 On a CPU, torch draws every dropout mask one element at a time from its single-threaded Mersenne
-Twister (``aten::bernoulli_``): 8.2 ms for one 32 x 64 x 768 activation on a 2-core AMX Xeon,
-where the bf16 matrix products of a whole roberta-base LoRA layer take about 33 ms.  A roberta-base
-LoRA step draws 63 masks of about that size (embeddings, two per layer after the attention output
-and the FFN, the attention probabilities, PEFT's LoRA-input dropout on query and value, and two small
-ones in the classifier head), which made dropout 30 % of every training step
+Twister (``aten::bernoulli_``).  A roberta-base LoRA step on 32 AG News rows draws 63 masks
+(embeddings, two per layer after the attention output and the FFN, the attention probabilities,
+PEFT's LoRA-input dropout on query and value, two in the classifier head): 457 ms per step on a
+2-core AMX Xeon, 30 % of the step and more than all its matrix products' 454 ms
 (``benchmarks/profile_step.py --set train.fast_cpu_dropout=false``).
 
-Here a mask is 16-bit integers from numpy's PCG64 (0.8 ms for the same tensor), compared with a
-threshold.  Attention runs as plain matrix products while training so that its dropout can use the
+Here a mask is 16-bit integers from numpy's PCG64, compared with a threshold.  Attention runs as plain matrix products while training so that its dropout can use the
 same masks; torch's CPU SDPA falls back to the bernoulli path with dropout, and its flash kernel's
 backward is slower than plain matrix products at AG News lengths.  Inference keeps SDPA.
 
