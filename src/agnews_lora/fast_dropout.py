@@ -7,8 +7,8 @@ PEFT's LoRA-input dropout on query and value, two in the classifier head): 457 m
 2-core AMX Xeon, 30 % of the step and more than all its matrix products' 454 ms
 (``benchmarks/profile_step.py --set train.fast_cpu_dropout=false``).
 
-Here a mask is 16-bit integers from numpy's PCG64, compared with a threshold.  Attention runs as plain matrix products while training so that its dropout can use the
-same masks; torch's CPU SDPA falls back to the bernoulli path with dropout, and its flash kernel's
+Here a mask is 16-bit integers from numpy's PCG64, compared with a threshold.  Attention runs as
+plain matrix products while training so that its dropout can use the same masks; torch's CPU SDPA falls back to the bernoulli path with dropout, and its flash kernel's
 backward is slower than plain matrix products at AG News lengths.  Inference keeps SDPA.
 
 Every mask's seed is drawn from torch's default generator, so ``torch.manual_seed`` (which the
