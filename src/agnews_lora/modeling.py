@@ -77,6 +77,9 @@ def load_base_model(cfg: Config):
             label2id={n: i for i, n in enumerate(names)},
             attn_implementation=cfg.model.attn_implementation,
             ignore_mismatched_sizes=True,
+            # fp32 master weights whatever dtype the checkpoint was saved in (transformers 5 loads it as saved):
+            # LoRA and the head train in fp32 under bf16 autocast; fp16 parameters under AdamW diverge to NaN
+            dtype=torch.float32,
         )
     except (OSError, ValueError) as e:
         raise _hub_failure(cfg.model.name_or_path, e) from None

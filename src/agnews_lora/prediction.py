@@ -130,7 +130,8 @@ class Predictor:
         cfg, summary = load_finished_run(run_dir)
         merged = Path(run_dir) / "merged"
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(merged, attn_implementation=cfg.model.attn_implementation)
+            model = AutoModelForSequenceClassification.from_pretrained(merged, attn_implementation=cfg.model.attn_implementation,
+                                                                       dtype=torch.float32)  # precision is set below
             tokenizer = AutoTokenizer.from_pretrained(merged)
         except Exception as e:
             raise UserError(f"run '{run_dir}': merged/ model cannot be loaded ({type(e).__name__}: {str(e)[:120]}); train it again") from None

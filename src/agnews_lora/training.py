@@ -59,13 +59,14 @@ def plan_counts(cfg: Config) -> ParamCounts:
     return count_params(meta_peft_model(model_config, cfg.lora))
 
 
-def _optimizer(model, cfg: Config) -> torch.optim.Optimizer:
+def _optimizer(model, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.train.learning_rate)
+    # on a GPU one fused kernel updates every LoRA matrix (the step is launch-bound there); CPU keeps foreach
+    return torch.optim.AdamW(groups, lr=cfg.train.learning_rate, fused=True if device.type == "cuda" else None)
 
 
 def _scheduler(optimizer, cfg: Config, total_steps: int):
@@ -196,7 +197,7 @@ class _Loop:
             self.fast_dropout = use_fast_dropout(model)
         if precision == "bf16":  # frozen base weights stored in bf16 once: same numbers, no cast per step
             cast_frozen_linears(model, torch.bfloat16)
-        optimizer = _optimizer(model, cfg)
+        optimizer = _optimizer(model, cfg, acc.device)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.scheduler = _scheduler(self.optimizer, cfg, self.total_steps)
         self.step, self.best_acc, self.best_step, self.best_state, self.bad_evals = 0, -1.0, 0, None, 0
@@ -252,25 +253,31 @@ class _Loop:
         base = pos * self.world * self.accum
         return [batches[base + i * self.world + self.rank] for i in range(self.accum)]
 
-    def to_device(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+    def to_device(self, idx: np.ndarray) -> tuple[dict[str, torch.Tensor], int]:
+        """(the micro-batch on the device, its real token count, counted on the host)."""
         batch = collate([self.train_enc.ids[i] for i in idx], self.pad_id, self.cfg.train.pad_to_multiple_of, self.cfg.model.max_length)
         batch["labels"] = torch.from_numpy(self.train_enc.labels[idx])
-        return {k: v.to(self.acc.device) for k, v in batch.items()}
+        return {k: v.to(self.acc.device) for k, v in batch.items()}, int(batch["attention_mask"].sum())
 
     # -- one optimizer step --------------------------------------------------------------------
-    def train_step(self) -> tuple[float, int, int]:
+    def train_step(self) -> tuple[torch.Tensor, int, int]:
+        """One optimizer step; returns (summed loss as a 0-d device tensor, real tokens, rows).
+
+        Nothing here waits for the device: on a GPU the host queues the next step while this one runs
+        (the loss is read only when it is logged).
+        """
         torch.manual_seed(self.cfg.train.seed * 1_000_003 + self.step * 101 + self.rank)  # dropout: f(step, rank)
         self.model.train()
         micro = self.micro_batches(self.step)
-        loss_sum, tokens, rows = 0.0, 0, 0
+        loss_sum, tokens, rows = torch.zeros((), device=self.acc.device), 0, 0
         for i, idx in enumerate(micro):
-            batch = self.to_device(idx)
+            batch, n_tokens = self.to_device(idx)
             sync = self.acc.no_sync(self.model) if i < len(micro) - 1 else contextlib.nullcontext()
             with sync:
                 loss = self.model(**batch).loss / len(micro)
                 self.acc.backward(loss)
-            loss_sum += loss.item()
-            tokens += int(batch["attention_mask"].sum())
+            loss_sum += loss.detach().float()
+            tokens += n_tokens
             rows += len(idx)
         if self.cfg.train.max_grad_norm > 0:
             self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
@@ -304,7 +311,8 @@ class _Loop:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        win_loss, win_tokens, win_rows, win_steps, win_t0 = 0.0, 0, 0, 0, time.perf_counter()
+        zero = torch.zeros((), dtype=torch.float64, device=acc.device)
+        win_loss, win_tokens, win_rows, win_steps, win_t0 = zero, 0, 0, 0, time.perf_counter()
         stopped_early = False
         with _Signals() as sig:
             while self.step < self.total_steps:
@@ -314,7 +322,8 @@ class _Loop:
                 win_loss, win_tokens, win_rows, win_steps = win_loss + loss, win_tokens + tokens, win_rows + rows, win_steps + 1
                 s = self.step
                 if s % t.log_every == 0 or s == self.total_steps:
-                    totals = acc.reduce(torch.tensor([win_loss, win_tokens, win_rows], dtype=torch.float64, device=acc.device), "sum")
+                    counts = torch.tensor([win_tokens, win_rows], dtype=torch.float64, device=acc.device)
+                    totals = acc.reduce(torch.cat([win_loss.reshape(1), counts]), "sum").tolist()  # the one wait per window
                     dt = time.perf_counter() - win_t0
                     rec = {"step": s, "epoch": round(s / self.steps_per_epoch, 4), "split": "train",
                            "loss": float(totals[0]) / (win_steps * self.world), "lr": self.scheduler.get_last_lr()[0],
@@ -324,7 +333,15 @@ class _Loop:
                         if bar:
                             bar.set_postfix(loss=f"{rec['loss']:.4f}", val_acc=f"{self.best_acc:.4f}" if self.best_acc >= 0 else "-",
                                             samples_s=f"{rec['samples_per_s']:.0f}")
-                    win_loss, win_tokens, win_rows, win_steps, win_t0 = 0.0, 0, 0, 0, time.perf_counter()
+                    if not math.isfinite(rec["loss"]):  # every process sees the same reduced loss and stops here
+                        if bar:
+                            bar.close()
+                        if metrics_log:
+                            metrics_log.close()
+                        raise UserError(
+                            f"training diverged: the training loss is {rec['loss']} at step {s}; lower train.learning_rate or "
+                            f"use train.precision=fp32 (the curve so far is in {self.run_dir / 'metrics.jsonl'})")
+                    win_loss, win_tokens, win_rows, win_steps, win_t0 = zero, 0, 0, 0, time.perf_counter()
                 if s % t.eval_every == 0 or s == self.total_steps:
                     stopped_early = self._eval_and_track(metrics_log, bar)
                     win_t0 = time.perf_counter()
