@@ -2,6 +2,7 @@
 """Where one training step of ours spends its time: the torch profiler over real steps of the loop.
 
     python benchmarks/profile_step.py --model roberta-base-shape [--steps 4] [--set train.fast_cpu_dropout=false]
+    python benchmarks/profile_step.py --device cuda --model minilm --steps 10   # GPU: how busy the kernels keep it
 
 Builds the model as ``benchmarks/throughput.py`` does, runs ``agnews_lora.training._Loop.train_step``
 (the real step: length-grouped batch, bf16 autocast where the hardware has it, LoRA, AdamW) on
@@ -37,6 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--first-step", type=int, default=100, help="first step of the epoch to run (its data and width)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for ours")
     p.add_argument("--rows", type=int, default=25, help="operators to list")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: also time the GPU kernels")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -61,8 +63,9 @@ def main(argv=None) -> int:
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     rows, _, source = T.load_rows(T.Plan(max_rows=4000 if args.model == "tiny" else None, eval_rows=16), None, args.model)
     enc = encode(rows, tokenizer, cfg.model.max_length, cfg.data.cache_dir)
-    precision = resolve_precision(cfg.train.precision, "cpu")
-    acc = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=True)
+    cuda = args.device == "cuda"
+    precision = resolve_precision(cfg.train.precision, args.device)
+    acc = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not cuda)
     set_seed(cfg.train.seed)
     model = apply_lora(load_base_model(cfg), cfg.lora)
     loop = _Loop(cfg, acc, model, tokenizer, enc, enc, work / "run", precision, count_params(model), False)
@@ -75,12 +78,21 @@ def main(argv=None) -> int:
             idx = np.concatenate(loop.micro_batches(loop.step))
             widths.append(int(enc.lengths[idx].max()))
             loop.train_step()
+        if cuda:
+            torch.cuda.synchronize()
         return (time.perf_counter() - t0) / n, widths
 
     run(args.steps)  # warm-up: the same steps, so every shape has been seen once
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    plain_wall = run(args.steps)[0] if cuda else None  # without the profiler's own overhead
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         wall, widths = run(args.steps)
     events = prof.key_averages()
+    if cuda:  # a launch-bound step keeps the GPU idle between its many small kernels
+        # the kernels' own rows only: the CPU operators that launched them carry the same time again
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        gpu = sum(e.self_device_time_total for e in kernels) / 1e3 / args.steps
+        print(f"cuda: {plain_wall * 1e3:.1f} ms/step unprofiled; GPU kernels busy {gpu:.1f} ms/step "
+              f"({gpu / (plain_wall * 1e3):.0%} of it); kernels/step {sum(e.count for e in kernels) / args.steps:.0f}")
     total = sum(e.self_cpu_time_total for e in events) / 1e3 / args.steps  # ms per step
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e3 / args.steps
     print(f"{desc}; rows: {source}")

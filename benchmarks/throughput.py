@@ -24,6 +24,9 @@ of the repeats is reported.  Model FLOP utilisation (MFU) = real model FLOPs per
 tokens excluded, see ``_common.py``) / the peak matmul FLOP/s of the same dtype, measured in the
 same process just before and just after the timed training (the larger of the two).
 
+With a CUDA GPU present the styles run there, on ``GPU_PLANS`` (more timed steps, the peak measured on
+larger matrices, the GPU synchronised around each timed step) and peak GPU memory is reported too.
+
 The machine is shared: the JSON records ``os.getloadavg()`` per style; compare ratios taken in
 one run, not absolute numbers across runs.
 """
@@ -102,6 +105,25 @@ PLANS = {
     ("roberta-base-shape", False): Plan(eval_rows=1024, repeats=1, extras=False, seed_warmup_rows=4, seed_micro_batch=8,
                                         train={"seed_notebook": (1, 2), "trainer": (2, 8), "ours": (6, 60)},
                                         infer={"seed_notebook": (64, 1), "trainer": (256, 1), "ours": (1024, 2)}),
+}
+
+# On a CUDA GPU the CPU plans' few steps take a second or two: time more steps, measure the peak on large
+# matrices, and give the seed style its batch in one piece (80 GB of GPU memory hold a 32 x 512 fp32 step).
+_GPU_STEPS = dict(peak_sizes=(4096, 8192), peak_reps=10, seed_warmup_rows=None, seed_micro_batch=None, extras=False)
+GPU_PLANS = {
+    ("tiny", True): PLANS[("tiny", True)],
+    ("tiny", False): PLANS[("tiny", False)],
+    ("minilm", True): Plan(eval_rows=2048, **_GPU_STEPS, train={"seed_notebook": (2, 10), "trainer": (3, 40), "ours": (10, 120)},
+                           infer={"seed_notebook": (512, 1), "trainer": (2048, 1), "ours": (2048, 2)}),
+    ("minilm", False): Plan(eval_rows=2048, repeats=2, **_GPU_STEPS,
+                            train={"seed_notebook": (3, 20), "trainer": (5, 60), "ours": (20, 300)},
+                            infer={"seed_notebook": (2048, 2), "trainer": (2048, 3), "ours": (2048, 5)}),
+    ("roberta-base-shape", True): Plan(eval_rows=2048, **_GPU_STEPS,
+                                       train={"seed_notebook": (2, 10), "trainer": (3, 30), "ours": (10, 100)},
+                                       infer={"seed_notebook": (512, 1), "trainer": (2048, 1), "ours": (2048, 2)}),
+    ("roberta-base-shape", False): Plan(eval_rows=2048, repeats=2, **_GPU_STEPS,
+                                        train={"seed_notebook": (3, 20), "trainer": (5, 80), "ours": (20, 250)},
+                                        infer={"seed_notebook": (2048, 2), "trainer": (2048, 3), "ours": (2048, 5)}),
 }
 
 
@@ -317,7 +339,7 @@ def main(argv=None) -> int:
     bad = [s for s in styles if s not in STYLES]
     if bad:
         p.error(f"unknown style(s) {bad}; choose from {', '.join(STYLES)}")
-    plan = PLANS[(args.model, args.quick)]
+    plan = (GPU_PLANS if torch_cuda() else PLANS)[(args.model, args.quick)]
     if args.repeats:
         plan = replace(plan, repeats=args.repeats)
     if args.batch_size:
@@ -455,6 +477,8 @@ def targets(report: dict) -> dict:
             out["mfu>=0.35"] = _ge(report["mfu"], 0.35)
     if report.get("ours") and report.get("trainer"):
         out["peak_rss_ours<=trainer"] = report["ours"]["peak_rss_mb"] <= report["trainer"]["peak_rss_mb"]
+        if report["ours"].get("peak_gpu_mb") is not None and report["trainer"].get("peak_gpu_mb") is not None:
+            out["peak_gpu_ours<=trainer"] = report["ours"]["peak_gpu_mb"] <= report["trainer"]["peak_gpu_mb"]
     return out
 
 
@@ -480,13 +504,16 @@ def _ge(v, target):
 
 
 def table(report: dict) -> str:
-    rows = [("style", "precision", "train samples/s", "train tokens/s", "infer samples/s", "peak RSS MB", "MFU (train)")]
+    gpu = any(report.get(s, {}).get("peak_gpu_mb") is not None for s in STYLES)
+    rows = [("style", "precision", "train samples/s", "train tokens/s", "infer samples/s", "peak RSS MB")
+            + (("peak GPU MB",) if gpu else ()) + ("MFU (train)",)]
     for s in STYLES:
         r = report.get(s)
         if not r:
             continue
         rows.append((s, r["precision"], f"{r['train_samples_per_s']:.2f}", f"{r['train_tokens_per_s']:.0f}",
-                     f"{r['infer_samples_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}", f"{r['train_mfu'] * 100:.1f} %"))
+                     f"{r['infer_samples_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}")
+                    + ((f"{r.get('peak_gpu_mb', 0):.0f}",) if gpu else ()) + (f"{r['train_mfu'] * 100:.1f} %",))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"{report['model']}{' (quick)' if report['quick'] else ''}: {report['data']['train_rows']:,} rows from "
              f"{report['data']['source']}, batch {report['settings']['batch_size']}, load {report['loadavg_start']} -> {report['loadavg_end']}"]
@@ -607,8 +634,19 @@ def torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+_GPU_PEAK_MB_OUTSIDE = [0.0]  # GPU memory peak reached before a peak-FLOP/s measurement (which must not count)
+
+
 def _peak(precision: str, plan: Plan, device) -> dict:
-    return C.measure_peak_flops(precision, plan.peak_sizes, plan.peak_reps, device.type)
+    if device.type != "cuda":
+        return C.measure_peak_flops(precision, plan.peak_sizes, plan.peak_reps, device.type)
+    import torch
+
+    _GPU_PEAK_MB_OUTSIDE[0] = max(_GPU_PEAK_MB_OUTSIDE[0], torch.cuda.max_memory_allocated() / 2**20)
+    out = C.measure_peak_flops(precision, plan.peak_sizes, plan.peak_reps, device.type)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()  # the big test matrices are not the model's memory
+    return out
 
 
 def _rss_mb() -> float:
@@ -629,10 +667,15 @@ def _timing_summary(times: list[float], rows: list[int], tokens: list[int], widt
 
 def _train_measure(step_fn, warm: int, steps: int):
     """Run warm + steps steps; time the last ``steps``.  ``step_fn(i)`` -> (rows, real tokens, padded width, lengths)."""
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)  # GPU work is asynchronous
     times, rows, tokens, widths, lengths = [], [], [], [], []
     for i in range(warm + steps):
+        sync()
         t0 = time.perf_counter()
         n_rows, n_tokens, width, lens = step_fn(i)
+        sync()
         dt = time.perf_counter() - t0
         if i >= warm:
             times.append(dt)
@@ -735,7 +778,7 @@ def _memory(device) -> dict:
 
     out = {"peak_rss_mb": round(_rss_mb(), 1)}
     if device.type == "cuda":
-        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        out["peak_gpu_mb"] = round(max(_GPU_PEAK_MB_OUTSIDE[0], torch.cuda.max_memory_allocated() / 2**20), 1)
     return out
 
 
