@@ -2,18 +2,13 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from agnews_lora.runs import read_metrics
 from conftest import tiny_overrides
-
-pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None and False, reason="torchrun missing")
-
 
 @pytest.fixture(scope="module")
 def no_dropout_model(tmp_path_factory):

@@ -11,7 +11,8 @@ import pytest
 from agnews_lora import sweep as sweep_mod
 from agnews_lora.cli import main
 from agnews_lora.errors import UserError
-from agnews_lora.sweep import load_sweep, mark_pareto
+from agnews_lora.sweep import load_sweep
+from agnews_lora.sweep_report import mark_pareto
 from conftest import tiny_overrides
 
 # The test sweep file: two tiny children from the grid, one over budget, one with a target that does not exist.

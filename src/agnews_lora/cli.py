@@ -85,7 +85,7 @@ def cmd_train(args) -> int:
              f"{', fast CPU dropout' if str(s.get('dropout', '')).startswith('fast') else ''})")
         _out(f"best val       accuracy {b['val_accuracy']:.4f}  macro-F1 {b.get('val_macro_f1', float('nan')):.4f}  at step {b['step']}")
         _out(f"train time     {tm['train_seconds']:.1f} s  ({tm['train_samples_per_s']:.1f} samples/s)")
-        _out(f"written        config.yaml metrics.jsonl summary.json adapter/ merged/ plots/")
+        _out("written        config.yaml metrics.jsonl summary.json adapter/ merged/ plots/")
         _out(f"next           agnews-lora evaluate {run.dir}")
     return 0
 

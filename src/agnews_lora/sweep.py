@@ -8,8 +8,6 @@ recorded (``status`` column) and the sweep goes on.  Writes ``summary.csv``, ``p
 
 from __future__ import annotations
 
-import csv
-from collections import Counter
 import difflib
 import itertools
 import json
@@ -25,14 +23,12 @@ import yaml
 
 from .config import Config, load_config, read_yaml
 from .errors import TrainingInterrupted, UserError
+from .sweep_report import table, write_reports
 
 log = logging.getLogger(__name__)
 
 SWEEP_KEYS = ("base_config", "output_dir", "overrides", "grid", "runs")
 RESERVED = ("output_dir", "run_name")  # the sweep decides where children go
-COLUMNS = ["name", "status", "trainable_params", "lora_params", "head_params", "budget", "fits_budget", "val_accuracy",
-           "val_macro_f1", "best_step", "steps", "train_seconds", "pareto", "run_dir", "error"]
-TRAINED = ("ok", "resumed", "done", "stale")  # statuses with results
 
 
 @dataclass
@@ -271,17 +267,6 @@ def _run_child(sweep: Sweep, child: Child, progress: bool) -> dict:
     return _row(sweep, child, status, run.summary)
 
 
-def mark_pareto(rows: list[dict]) -> None:
-    """``pareto`` = no other trained, in-budget child has fewer (or equal) params and higher accuracy."""
-    pts = [r for r in rows if r["status"] in TRAINED and r.get("val_accuracy") is not None and r.get("fits_budget")]
-    best = float("-inf")
-    for r in rows:
-        r["pareto"] = False
-    for r in sorted(pts, key=lambda r: (r["trainable_params"], -r["val_accuracy"])):
-        if r["val_accuracy"] > best:
-            r["pareto"], best = True, r["val_accuracy"]
-
-
 def run_sweep(sweep: Sweep, progress: bool = False) -> list[dict]:
     """Train (or skip) every child, then write summary.csv, pareto.png and summary.md; returns the rows."""
     Path(sweep.output_dir).mkdir(parents=True, exist_ok=True)
@@ -303,113 +288,6 @@ def run_sweep(sweep: Sweep, progress: bool = False) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# reports
-
-
-def write_reports(sweep: Sweep, rows: list[dict]) -> None:
-    mark_pareto(rows)
-    out = Path(sweep.output_dir)
-    cols = COLUMNS[:2] + sweep.swept_keys + COLUMNS[2:]
-    tmp = out / ".summary.csv.tmp"
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in cols} for r in rows)
-    tmp.replace(out / "summary.csv")
-    plot_pareto(sweep, rows, out / "pareto.png")
-    (out / "summary.md").write_text(markdown(sweep, rows), encoding="utf-8")
-
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None or isinstance(v, bool):
-        return "" if v is None else "yes" if v else "no"
-    if isinstance(v, (int, float)):
-        return f"{v:.{digits}f}" if isinstance(v, float) else f"{v:,}"
-    return str(v)
-
-
-def _table(sweep: Sweep, rows: list[dict]) -> list[str]:
-    """The markdown table of children in sweep order (also printed by the CLI)."""
-    keys = sweep.swept_keys
-    head = ["child", "status", *keys, "trainable", "of budget", "val acc", "val macro-F1", "train s", "Pareto"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 2 + len(keys) else "---:" for i in range(len(head))) + "|"]
-    for r in rows:
-        frac = f"{100 * r['trainable_params'] / r['budget']:.1f} %" if r.get("trainable_params") else ""
-        cells = [f"`{r['name']}`", r["status"], *[_fmt(r.get(k)) for k in keys], _fmt(r.get("trainable_params")), frac,
-                 _fmt(r.get("val_accuracy")), _fmt(r.get("val_macro_f1")), _fmt(r.get("train_seconds"), 1),
-                 "★" if r.get("pareto") else ""]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return lines
-
-
-def markdown(sweep: Sweep, rows: list[dict]) -> str:
-    counts = Counter(r["status"] for r in rows)
-    lines = [f"# Sweep `{sweep.path.stem}`", "",
-             f"- sweep file: `{sweep.path}`", f"- base config: `{sweep.base_config or 'built-in defaults'}`",
-             f"- shared overrides: {', '.join(f'`{k}={json.dumps(v)}`' for k, v in sweep.overrides.items()) or 'none'}",
-             f"- children: {len(rows)} ({', '.join(f'{n} {s}' for s, n in counts.items())})", "", *_table(sweep, rows), ""]
-    best = max((r for r in rows if r.get("pareto")), key=lambda r: r["val_accuracy"], default=None)
-    if best:
-        front = [r["name"] for r in sorted(rows, key=lambda r: r.get("trainable_params") or 0) if r.get("pareto")]
-        lines += [f"Best validation accuracy within the budget: **`{best['name']}`**, {best['val_accuracy']:.4f} with "
-                  f"{best['trainable_params']:,} trainable parameters.",
-                  f"Pareto-optimal (★: no child with fewer parameters is as accurate): {', '.join(f'`{n}`' for n in front)}."]
-    lines += [f"- `{r['name']}` {r['status']}: {r['error']}" for r in rows if r["status"] in ("failed", "over_budget", "stale")]
-    lines += ["", "![validation accuracy vs trainable parameters](pareto.png)", ""]
-    return "\n".join(lines)
-
-
-def plot_pareto(sweep: Sweep, rows: list[dict], path: Path) -> None:
-    """Validation accuracy vs trainable parameters, coloured by one swept key, with the Pareto front and budget line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [r for r in rows if r["status"] in TRAINED and r.get("val_accuracy") is not None]
-    children = {c.name: c for c in sweep.children}
-    keys = [k for k in sweep.swept_keys if any(k in children[r["name"]].labels for r in pts)]
-    distinct = {k: len({children[r["name"]].labels.get(k) for r in pts}) for k in keys}
-    series_key = min(keys, key=lambda k: (distinct[k], -keys.index(k))) if len(keys) > 1 else None
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    groups: dict[str, list[dict]] = {}
-    for r in pts:
-        label = children[r["name"]].labels.get(series_key, "other") if series_key else "children"
-        groups.setdefault(label, []).append(r)
-    for label, group in groups.items():
-        group.sort(key=lambda r: r["trainable_params"])
-        name = f"{series_key.split('.')[-1]} = {label}" if series_key else label
-        ax.plot([r["trainable_params"] for r in group], [r["val_accuracy"] for r in group], "o-", alpha=0.85, label=name)
-        for r in group:
-            lab = children[r["name"]].labels
-            text = " ".join(f"{k.split('.')[-1]}={v}" for k, v in lab.items() if k != series_key) or r["name"]
-            ax.annotate(text, (r["trainable_params"], r["val_accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    front = sorted((r for r in pts if r.get("pareto")), key=lambda r: r["trainable_params"])
-    if front:
-        ax.step([r["trainable_params"] for r in front], [r["val_accuracy"] for r in front], where="post", color="gray",
-                linestyle=":", label="Pareto front")
-    for budget in sorted({r["budget"] for r in (pts or rows)}):
-        ax.axvline(budget, color="tab:red", linestyle="--", label=f"budget {budget:,}")
-    over = [r for r in rows if r["status"] == "over_budget"]
-    xs = [r["trainable_params"] for r in pts] + [r["budget"] for r in rows]
-    if xs and max(xs) / max(min(xs), 1) > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (LoRA + classifier head)")
-    ax.set_ylabel("best validation accuracy")
-    ax.set_title(f"Sweep {sweep.path.stem}: accuracy vs trainable parameters"
-                 + (f" ({len(over)} over budget, not trained)" if over else ""), fontsize=10)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"))
-    ax.grid(alpha=0.3)
-    if not pts:
-        ax.text(0.5, 0.5, "no finished children yet", transform=ax.transAxes, ha="center")
-    ax.legend(fontsize=8, loc="lower right")
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-
-
-# ---------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -423,7 +301,7 @@ def cmd_sweep(args) -> int:
               f"(finished children are skipped, the interrupted one resumes)", file=sys.stderr)
         return 128 + int(e.signum)
     out = Path(sweep.output_dir)
-    print("\n" + "\n".join(_table(sweep, rows)) + f"\n\nwritten        {out / 'summary.csv'}  {out / 'pareto.png'}  "
+    print("\n" + "\n".join(table(sweep, rows)) + f"\n\nwritten        {out / 'summary.csv'}  {out / 'pareto.png'}  "
           f"{out / 'summary.md'}", flush=True)
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:

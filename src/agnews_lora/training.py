@@ -34,7 +34,7 @@ from .errors import TrainingInterrupted, UserError
 from .evaluation import classification_metrics
 from .modeling import apply_lora, load_base_model, load_model_config, load_tokenizer, meta_peft_model
 from .prediction import batched_logits
-from .runs import MetricsLog, default_run_name, load_run_config, write_json
+from .runs import MetricsLog, default_run_name, load_run_config
 
 log = logging.getLogger(__name__)
 
