@@ -198,7 +198,9 @@ class _Loop:
         if precision == "bf16":  # frozen base weights stored in bf16 once: same numbers, no cast per step
             cast_frozen_linears(model, torch.bfloat16)
         optimizer = _optimizer(model, cfg, acc.device)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]  # the only ones with gradients to clip
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.model.train()  # every module: from_pretrained leaves the base in eval mode under PEFT's train-mode wrapper
         self.scheduler = _scheduler(self.optimizer, cfg, self.total_steps)
         self.step, self.best_acc, self.best_step, self.best_state, self.bad_evals = 0, -1.0, 0, None, 0
         self.best_metrics: dict = {}
@@ -267,7 +269,8 @@ class _Loop:
         (the loss is read only when it is logged).
         """
         torch.manual_seed(self.cfg.train.seed * 1_000_003 + self.step * 101 + self.rank)  # dropout: f(step, rank)
-        self.model.train()
+        if not self.model.training:  # set in __init__, restored by evaluation: no walk over every module per step
+            self.model.train()
         micro = self.micro_batches(self.step)
         loss_sum, tokens, rows = torch.zeros((), device=self.acc.device), 0, 0
         for i, idx in enumerate(micro):
@@ -280,7 +283,7 @@ class _Loop:
             tokens += n_tokens
             rows += len(idx)
         if self.cfg.train.max_grad_norm > 0:
-            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
+            self.acc.clip_grad_norm_(self.trainable, self.cfg.train.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
