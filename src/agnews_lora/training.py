@@ -65,7 +65,7 @@ def _optimizer(model, cfg: Config, device: torch.device) -> torch.optim.Optimize
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # on a GPU one fused kernel updates every LoRA matrix (the step is launch-bound there); CPU keeps foreach
+    # on a GPU one fused kernel updates every LoRA matrix (the step is launch-bound there); CPU keeps torch's default
     return torch.optim.AdamW(groups, lr=cfg.train.learning_rate, fused=True if device.type == "cuda" else None)
 
 
