@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         return (time.perf_counter() - t0) / n, widths
 
     run(args.steps)  # warm-up: the same steps, so every shape has been seen once
-    plain_wall = run(args.steps)[0] if cuda else None  # without the profiler's own overhead
+    plain_wall = run(args.steps)[0]  # without the profiler's own overhead
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         wall, widths = run(args.steps)
     events = prof.key_averages()
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     print(f"{desc}; rows: {source}")
     print(f"precision {precision}; dropout {'fast-cpu' if loop.fast_dropout else 'torch'}; "
           f"batch {cfg.train.per_device_batch_size}, longest rows {widths}")
-    print(f"wall {wall * 1e3:.0f} ms/step (profiled); torch operators {total:.0f} ms/step, of which matrix products "
+    print(f"wall {wall * 1e3:.0f} ms/step (profiled), {plain_wall * 1e3:.1f} ms/step unprofiled; torch operators {total:.0f} ms/step, of which matrix products "
           f"{matmul:.0f} ms ({matmul / (wall * 1e3):.0%} of the wall time); outside operators {wall * 1e3 - total:.0f} ms")
     print(f"{'operator':<48} {'ms/step':>8} {'share':>6} {'calls/step':>10}")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.rows]:
