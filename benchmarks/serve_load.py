@@ -161,8 +161,8 @@ def summarize(concurrency: int, runs: list[dict]) -> dict:
             "loadavg_1m_after_each_repeat": [r["loadavg_1m_after"] for r in runs]}
 
 
-def compute_profile(run_dir: str, texts: list[str], batch: int, threads: int | None) -> dict:
-    """CPU time per text of the serving batch function alone (no HTTP), one text vs. `batch` texts per call."""
+def compute_profile(run_dir: str, texts: list[str], batch: int, threads: int | None, workers: int | None) -> dict:
+    """CPU time per text of the serving batch function alone (no HTTP, one worker), one text vs. `batch` per call."""
     import torch
     import transformers
 
@@ -170,10 +170,11 @@ def compute_profile(run_dir: str, texts: list[str], batch: int, threads: int | N
     transformers.logging.set_verbosity_error()
     sys.path.insert(0, str(ROOT / "src"))
     from agnews_lora.prediction import Predictor
-    from agnews_lora.serving import make_batch_fn
+    from agnews_lora.serve_model import default_threads, default_workers, make_batch_fn
 
-    torch.set_num_threads(threads or max(1, torch.get_num_threads() - 1))  # what `serve` uses by default
     predictor = Predictor.from_run(run_dir, batch_size=batch)
+    workers = workers or default_workers(predictor.device.type)
+    torch.set_num_threads(threads or default_threads(torch.get_num_threads(), workers))  # as `serve` does
     fn = make_batch_fn(predictor)
     fn(texts[:batch]), fn(texts[:1])  # warm-up
     out = {"threads": torch.get_num_threads(), "precision": predictor.precision}
@@ -229,7 +230,8 @@ def main() -> int:
                 print(f"[{mode} {rep + 1}/{args.repeat}] {server.banner}", file=sys.stderr, flush=True)
                 info = asyncio.run(get_json(server.port, "/v1/info"))
                 servers[mode] = {"command": " ".join(["python", *server.cmd[1:]]), "banner": server.banner,
-                                 "precision": info["precision"], "base_model": info["base_model"]}
+                                 "precision": info["precision"], "base_model": info["base_model"],
+                                 "serving": info.get("serving")}
                 asyncio.run(load_level(server.port, texts, min(8, max(args.concurrency)), args.warmup_requests,
                                        args.timeout))
                 for c in args.concurrency:
@@ -259,9 +261,9 @@ def main() -> int:
               "  ".join(f"c={c}: {s:.2f}x" for c, s in speedup.items()))
     profile = None
     if args.compute_profile:
-        threads = next((int(v) for k, v in zip(args.server_args.split(), args.server_args.split()[1:])
-                        if k == "--threads"), None)
-        profile = compute_profile(args.run_dir, texts, args.max_batch_size, threads)
+        given = dict(zip(args.server_args.split(), args.server_args.split()[1:]))
+        profile = compute_profile(args.run_dir, texts, args.max_batch_size,
+                                  int(given.get("--threads", 0)) or None, int(given.get("--workers", 0)) or None)
         print(f"\nbatch function alone ({profile['precision']}, {profile['threads']} threads): "
               f"{profile['cpu_ms_per_text_1']} CPU ms/text one at a time, "
               f"{profile[f'cpu_ms_per_text_{args.max_batch_size}']} in batches of {args.max_batch_size} "

@@ -70,15 +70,18 @@ class ServerProcess:
 
 @pytest.fixture(scope="module")
 def servers(trained_run, tmp_path_factory):
-    """Both servers of this module, started at the same time: the main one and an unbatched one to stop."""
+    """The servers of this module, started at the same time: the main one (one worker, so that a test can
+    hold it), an unbatched one to stop, and one with two workers."""
     tmp = tmp_path_factory.mktemp("serve")
     started = []
     try:
         started.append(ServerProcess(trained_run, tmp, "--max-texts", str(MAX_TEXTS), "--max-body-bytes",
                                      str(MAX_BODY), "--max-batch-size", str(MAX_BATCH), "--max-wait-ms", "20",
-                                     "--max-queue-texts", str(MAX_QUEUE)))
-        started.append(ServerProcess(trained_run, tmp, "--no-batching"))
-        yield {"main": started[0].ready(), "unbatched": started[1].ready()}
+                                     "--max-queue-texts", str(MAX_QUEUE), "--workers", "1"))
+        started.append(ServerProcess(trained_run, tmp, "--no-batching", "--workers", "1"))
+        started.append(ServerProcess(trained_run, tmp, "--workers", "2", "--max-batch-size", str(MAX_BATCH),
+                                     "--max-wait-ms", "20"))
+        yield {"main": started[0].ready(), "unbatched": started[1].ready(), "two_workers": started[2].ready()}
     finally:
         for s in started:
             s.stop()
@@ -324,6 +327,27 @@ def test_event_loop_is_not_blocked_by_the_model(server):
         assert sleeper.result().status_code == 200
 
 
+def test_two_workers_run_two_batches_at_once_and_answer_each_client(servers, predictor, texts):
+    url = servers["two_workers"].url
+    info = HTTP.get(f"{url}/v1/info").json()
+    assert info["serving"]["workers"] == 2
+    with ThreadPoolExecutor(34) as pool:
+        first = hold_worker(url, 800, pool)
+        second = pool.submit(classify, url, {"text": "__sleep:800__"})
+        deadline = time.monotonic() + 10
+        while stats(url)["running_texts"] < 2:  # both workers busy at the same time
+            assert time.monotonic() < deadline and not second.done()
+            time.sleep(0.01)
+        batches = [texts[i:i + 1 + i % 3] for i in range(32)]  # queue behind them, then share the two workers
+        responses = list(pool.map(lambda b: classify(url, {"texts": b}), batches))
+        assert first.result().status_code == 200 and second.result().status_code == 200
+    for batch, r in zip(batches, responses):
+        assert r.status_code == 200, r.text
+        assert_matches_predictor(r.json()["results"], batch, predictor)
+    s = stats(url)
+    assert s["largest_batch_texts"] <= MAX_BATCH and s["failed_requests"] == 0 and s["running_texts"] == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # process level: bad run dir, no batching, graceful shutdown
 
@@ -333,6 +357,7 @@ def test_bad_run_dir_or_option_is_one_line_exit_2_before_binding(tmp_path):
     cases = {  # argv -> the one line on stderr
         (str(tmp_path / "missing"), "--port", "0"): f"error: run directory '{tmp_path / 'missing'}' not found",
         (str(tmp_path), "--max-batch-size", "0"): "error: --max-batch-size must be at least 1",
+        (str(tmp_path), "--workers", "-1"): "error: --workers must be at least 1 (or 0 for the automatic choice)",
     }
     procs = {argv: subprocess.Popen([sys.executable, "-m", "agnews_lora", "serve", *argv], env=env, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) for argv in cases}
@@ -401,3 +426,38 @@ def test_lone_request_is_not_held_back_but_concurrent_ones_are_gathered():
     assert max(lone) < 1.0  # far below the 2 s max_wait
     assert together == [[c.upper()] for c in "bcdef"]
     assert calls == [["x"], ["y"], list("bcdef")]  # the five were gathered into one batch
+
+
+def test_workers_share_the_queue_and_run_batches_concurrently():
+    """Two workers: queued texts are split between the idle workers, both batches run at the same time,
+    every caller gets its own results, and stop() waits for the batches in flight."""
+    import asyncio
+
+    from agnews_lora.batcher import MicroBatcher
+
+    lock, running, most, calls = threading.Lock(), [0], [0], []
+
+    def fn(texts):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            calls.append(len(texts))
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+        return [t * 2 for t in texts]
+
+    async def scenario():
+        b = MicroBatcher(fn, max_batch_size=32, max_wait_ms=50, workers=2)
+        b.start()
+        jobs = [asyncio.ensure_future(b.submit([str(i)])) for i in range(16)]
+        await asyncio.sleep(0.1)  # both batches are running now
+        assert b.stats_dict()["running_texts"] == 16
+        await b.stop()  # finishes what is in flight
+        assert all(j.done() for j in jobs)
+        return [j.result() for j in jobs]
+
+    results = asyncio.run(scenario())
+    assert results == [[str(i) * 2] for i in range(16)]
+    assert most[0] == 2
+    assert sorted(calls) == [8, 8]  # 16 queued texts, 2 idle workers: 8 each

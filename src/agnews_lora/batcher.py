@@ -3,9 +3,11 @@
 Requests join a FIFO queue on the event loop.  One dispatcher task takes the oldest request,
 waits at most ``max_wait_ms`` *from that request's arrival* for more (only when there is company:
 a lone request after a lone request runs at once, so one client never pays the wait), takes requests in order
-while their texts fit into ``max_batch_size``, and runs the batch function in a single
-dedicated worker thread, so the event loop never waits on the model.  While a batch runs,
-new requests queue up and form the next batch.
+while their texts fit into ``max_batch_size``, and runs the batch function in one of ``workers``
+dedicated threads, so the event loop never waits on the model.  While batches run, new requests
+queue up and form the next batch.  With several workers, the queued texts are shared out among the
+idle workers (32 queued texts and 2 idle workers: two batches of 16 that run at the same time), so
+that a CPU's cores each run a forward pass instead of one pass waiting for the next.
 
 A batch that raises is retried request by request, so an exception fails only the request(s)
 that cause it; the dispatcher itself never dies.
@@ -88,13 +90,14 @@ class MicroBatcher:
     """Gather concurrent ``submit`` calls into batches for ``fn(texts) -> results`` (one result per text).
 
     ``batching=False`` sends every request through ``fn`` on its own (the unbatched baseline).
+    ``workers``: how many batches may run at once (``fn`` must then be thread-safe).
     Must be started (``start()``) and used from a single running event loop.
     """
 
     def __init__(self, fn: Callable[[list[str]], list], max_batch_size: int = 32, max_wait_ms: float = 5.0,
-                 max_queue_texts: int = 4096, batching: bool = True):
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
+                 max_queue_texts: int = 4096, batching: bool = True, workers: int = 1):
+        if max_batch_size < 1 or workers < 1:
+            raise ValueError("max_batch_size and workers must be >= 1")
         self.fn = fn
         self.max_batch_size = max_batch_size
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
@@ -108,7 +111,10 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._last_batch_requests = 1  # a lone request after a lone request is not held back for company
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agnews-serve-model")
+        self.workers = workers
+        self._idle_workers = workers
+        self._in_flight: set[asyncio.Task] = set()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agnews-serve-model")
 
     @property
     def queued_texts(self) -> int:
@@ -153,9 +159,11 @@ class MicroBatcher:
     def _take_batch(self) -> list[_Job]:
         batch: list[_Job] = []
         n = 0
+        # share the queued texts out among the idle workers (never more than max_batch_size in one batch)
+        limit = min(self.max_batch_size, -(-self._queued_texts // max(1, self._idle_workers)))
         while self._queue:
             job = self._queue[0]
-            if batch and (not self.batching or n + len(job.texts) > self.max_batch_size):
+            if batch and (not self.batching or n + len(job.texts) > limit):
                 break
             self._queue.popleft()
             self._queued_texts -= len(job.texts)
@@ -170,8 +178,10 @@ class MicroBatcher:
     async def _dispatch_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._queue:
-                if self._stopping:
+            while not self._queue or not self._idle_workers:
+                if self._stopping and not self._queue:
+                    if self._in_flight:
+                        await asyncio.gather(*self._in_flight, return_exceptions=True)
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -190,19 +200,29 @@ class MicroBatcher:
             batch = self._take_batch()
             if batch:
                 self._last_batch_requests = len(batch)
-                await self._run_batch(batch)
+                self._idle_workers -= 1
+                task = loop.create_task(self._run_batch(batch))
+                self._in_flight.add(task)
+                task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task) -> None:
+        self._in_flight.discard(task)
+        self._idle_workers += 1
+        if not task.cancelled() and task.exception() is not None:  # _run_batch handles fn's errors itself
+            log.error("micro-batch task failed: %r", task.exception())
+        self._wakeup.set()
 
     async def _run_batch(self, batch: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
         texts = [t for job in batch for t in job.texts]
         t0 = time.perf_counter()
-        self._running_texts = len(texts)
+        self._running_texts += len(texts)
         try:
             results = await loop.run_in_executor(self._executor, self.fn, texts)
             if len(results) != len(texts):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(texts)} texts")
         except Exception as exc:  # noqa: BLE001 - isolate the failure to the requests that cause it
-            self._running_texts = 0
+            self._running_texts -= len(texts)
             self.stats.busy_seconds += time.perf_counter() - t0
             self.stats.batches += 1
             if len(batch) == 1:
@@ -215,7 +235,7 @@ class MicroBatcher:
             for job in batch:
                 await self._run_batch([job])
             return
-        self._running_texts = 0
+        self._running_texts -= len(texts)
         self.stats.busy_seconds += time.perf_counter() - t0
         self.stats.batches += 1
         self.stats.largest_batch_texts = max(self.stats.largest_batch_texts, len(texts))

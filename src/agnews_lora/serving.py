@@ -14,9 +14,7 @@ No ``from __future__ import annotations`` here: FastAPI resolves the handlers' a
 import json
 import logging
 import os
-import re
 import socket
-import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,15 +22,10 @@ from typing import Optional
 
 from . import __version__
 from .batcher import MicroBatcher, Overloaded, ShuttingDown
+from .serve_model import TEST_HOOKS_ENV, default_threads, default_workers, make_batch_fn, warm_up
 from .errors import UserError
 
 log = logging.getLogger(__name__)
-
-# Test-only fault injection (tests/test_serving.py): with AGNEWS_LORA_SERVE_TEST_HOOKS=1 a batch that
-# contains the text "__raise__" raises, and one that contains "__sleep:<ms>__" sleeps that long first.
-TEST_HOOKS_ENV = "AGNEWS_LORA_SERVE_TEST_HOOKS"
-_SLEEP_HOOK = re.compile(r"__sleep:(\d{1,5})__")
-
 
 @dataclass
 class ServeOptions:
@@ -42,6 +35,7 @@ class ServeOptions:
     max_body_bytes: int = 1_048_576
     max_queue_texts: int = 4096
     batching: bool = True
+    workers: int = 0  # 0 = auto (serve_model.default_workers): 2 on a CPU with 2+ cores, 1 on a GPU
 
 
 class ApiError(Exception):
@@ -54,65 +48,6 @@ def _error_response(status: int, code: str, message: str, headers: dict | None =
     from fastapi.responses import JSONResponse
 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
-
-# model side (runs in the worker thread) ------------------------------------------------------
-
-def make_batch_fn(predictor, overhead_tokens: int | None = None):
-    """``fn(texts) -> [result per text]``: texts sorted by length, cut into few padded forward passes."""
-    import numpy as np
-    import torch
-
-    from .batcher import plan_forwards
-    from .batching import collate
-    from .prediction import encode_texts, softmax
-
-    p, names = predictor, predictor.label_names
-    hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
-    if overhead_tokens is None:  # a forward pass costs about as much as this many extra (padding) tokens
-        overhead_tokens = 64 if p.device.type == "cpu" else 2048
-
-    def classify_batch(texts: list[str]) -> list[dict]:
-        if hooks:
-            _run_test_hooks(texts)
-        encoded, truncated = encode_texts(p.tokenizer, texts, p.max_length)
-        order = np.argsort(-encoded.lengths, kind="stable")
-        logits = np.zeros((len(texts), len(names)), dtype=np.float32)
-        with torch.inference_mode():
-            for a, b in plan_forwards(encoded.lengths[order], p.batch_size, overhead_tokens):
-                rows = order[a:b]
-                batch = collate([encoded.ids[i] for i in rows], p.pad_id, 16, p.max_length)
-                with p.precision_context():
-                    out = p.model(**{k: v.to(p.device) for k, v in batch.items()}).logits
-                logits[rows] = out.float().cpu().numpy()
-        if not np.isfinite(logits).all():
-            raise FloatingPointError("the model produced non-finite logits")
-        out = []
-        for probs, cut in zip(softmax(logits), truncated):
-            k = int(probs.argmax())
-            out.append({"label": k, "label_name": names[k],
-                        "probabilities": {n: float(v) for n, v in zip(names, probs)}, "truncated": cut})
-        return out
-
-    return classify_batch
-
-
-def _run_test_hooks(texts: list[str]) -> None:
-    for t in texts:
-        if t == "__raise__":
-            raise RuntimeError("injected test fault")
-        m = _SLEEP_HOOK.fullmatch(t)
-        if m:
-            time.sleep(int(m.group(1)) / 1000)
-
-
-def warm_up(batch_fn, predictor, max_batch_size: int) -> float:
-    """A short and a full-size, full-length batch so that the first real requests are not slow."""
-    t0 = time.perf_counter()
-    long_text = " ".join(["news"] * (predictor.max_length + 8))
-    batch_fn(["warm-up"])
-    batch_fn([long_text] * min(max_batch_size, 64))
-    return time.perf_counter() - t0
 
 
 # requests -------------------------------------------------------------------------------------
@@ -235,7 +170,7 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     batcher = MicroBatcher(batch_fn, options.max_batch_size, options.max_wait_ms, options.max_queue_texts,
-                           options.batching)
+                           options.batching, options.workers)
     state = {"ready": False}
 
     @asynccontextmanager
@@ -341,8 +276,12 @@ def register_cli(sub) -> None:
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="inference precision (auto: bf16 where the CPU/GPU runs it fast)")
     s.add_argument("--quantize", choices=["int8"], help="serve the dynamically int8-quantised model (CPU)")
+    s.add_argument("--workers", type=int, default=d.workers,
+                   help="micro-batches that may run at the same time, each in its own thread "
+                        "(default 0 = auto: 2 on a CPU with 2+ cores, 1 on a GPU)")
     s.add_argument("--threads", type=int,
-                   help="torch intra-op threads (default: torch's choice minus one, leaving a core for HTTP)")
+                   help="torch intra-op threads per worker (default: torch's choice minus one, leaving a core "
+                        "for HTTP, shared out among the workers)")
     s.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds to let in-flight requests finish after SIGTERM / Ctrl-C")
     s.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
@@ -359,8 +298,10 @@ def _check_options(args) -> ServeOptions:
         raise UserError(f"--port {args.port} is not a TCP port (0-65535)")
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
+    if args.workers < 0:
+        raise UserError("--workers must be at least 1 (or 0 for the automatic choice)")
     return ServeOptions(args.max_batch_size, args.max_wait_ms, args.max_texts, args.max_body_bytes,
-                        max(args.max_queue_texts, args.max_texts), not args.no_batching)
+                        max(args.max_queue_texts, args.max_texts), not args.no_batching, args.workers)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -389,10 +330,10 @@ def cmd_serve(args) -> int:
 
     from .prediction import Predictor
 
-    # the event loop (HTTP parsing, JSON) needs a core too: an intra-op thread that it preempts stalls every op
-    torch.set_num_threads(args.threads or max(1, torch.get_num_threads() - 1))
     predictor = Predictor.from_run(args.run_dir, batch_size=options.max_batch_size, precision=args.precision,
                                    quantize=args.quantize)
+    options.workers = options.workers or default_workers(predictor.device.type)
+    torch.set_num_threads(args.threads or default_threads(torch.get_num_threads(), options.workers))
     batch_fn = make_batch_fn(predictor)
     if os.environ.get(TEST_HOOKS_ENV) == "1":
         log.warning("test hooks are enabled (%s=1): do not use this in production", TEST_HOOKS_ENV)
@@ -400,12 +341,12 @@ def cmd_serve(args) -> int:
     app = create_app(predictor, batch_fn, options, args.run_dir)
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
-    threads = torch.get_num_threads()
+    threads, workers = torch.get_num_threads(), options.workers
     shown = f"[{host}]" if ":" in host else host
     batching = (f"micro-batching up to {options.max_batch_size} texts, {options.max_wait_ms:g} ms wait"
                 if options.batching else "no batching (one request per forward)")
     print(f"serving {args.run_dir} on http://{shown}:{port}  ({predictor.precision}"
-          f"{', int8' if args.quantize else ''} on {predictor.device}, {threads} thread{'s' * (threads > 1)}; {batching};"
+          f"{', int8' if args.quantize else ''} on {predictor.device}, {workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}; {batching};"
           f" warm-up {seconds:.2f} s)  docs: http://{shown}:{port}/docs", flush=True)
     config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", access_log=args.access_log,
                             timeout_graceful_shutdown=args.graceful_timeout, lifespan="on", server_header=False)
