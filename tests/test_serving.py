@@ -461,3 +461,20 @@ def test_workers_share_the_queue_and_run_batches_concurrently():
     assert results == [[str(i) * 2] for i in range(16)]
     assert most[0] == 2
     assert sorted(calls) == [8, 8]  # 16 queued texts, 2 idle workers: 8 each
+
+
+def test_python_api_resolves_automatic_workers(predictor):
+    """`create_app` with the default options (workers 0 = auto) works as documented in docs/serving.md."""
+    from fastapi.testclient import TestClient
+
+    from agnews_lora.serve_model import default_threads, default_workers, make_batch_fn
+    from agnews_lora.serving import ServeOptions, create_app
+
+    assert [default_workers("cpu", n) for n in (1, 2, 16)] == [1, 2, 2]
+    assert default_workers("cuda", 16) == 1
+    assert [default_threads(t, w) for t, w in ((2, 2), (2, 1), (16, 2), (1, 1))] == [1, 1, 7, 1]
+    app = create_app(predictor, make_batch_fn(predictor), ServeOptions(max_wait_ms=2))
+    with TestClient(app) as client:
+        assert client.get("/v1/info").json()["serving"]["workers"] == default_workers("cpu")
+        r = client.post("/v1/classify", json={"texts": ["Stocks rally", "Cup final"]})
+        assert r.status_code == 200 and len(r.json()["results"]) == 2

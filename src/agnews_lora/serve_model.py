@@ -19,9 +19,9 @@ _SLEEP_HOOK = re.compile(r"__sleep:(\d{1,5})__")
 def default_workers(device_type: str, cpus: int | None = None) -> int:
     """Micro-batches that run at once: 2 on a CPU with 2+ cores, else 1.
 
-    On the 2-core CPU of docs/performance.md two single-threaded workers served 1.45x the texts/s of
-    one (the second core runs a forward pass instead of idling while the event loop parses requests);
-    one batch on two intra-op threads was slower than one thread.  GPUs: one (not measured with more).
+    On the 2-core CPU of docs/performance.md two single-threaded workers served 1.35x the texts/s of
+    one with 32 clients (the model no longer idles while the event loop answers a batch and parses the
+    next one); one batch on two intra-op threads was slower than on one.  GPUs: one (more not measured).
     """
     cpus = cpus or os.cpu_count() or 1
     return 2 if device_type == "cpu" and cpus >= 2 else 1

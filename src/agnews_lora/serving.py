@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -169,6 +169,7 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    options = replace(options, workers=options.workers or default_workers(predictor.device.type))  # 0 = auto
     batcher = MicroBatcher(batch_fn, options.max_batch_size, options.max_wait_ms, options.max_queue_texts,
                            options.batching, options.workers)
     state = {"ready": False}
