@@ -478,3 +478,27 @@ def test_python_api_resolves_automatic_workers(predictor):
         assert client.get("/v1/info").json()["serving"]["workers"] == default_workers("cpu")
         r = client.post("/v1/classify", json={"texts": ["Stocks rally", "Cup final"]})
         assert r.status_code == 200 and len(r.json()["results"]) == 2
+
+
+def test_a_bug_in_a_batch_task_fails_its_callers_instead_of_leaving_them_waiting():
+    import asyncio
+
+    from agnews_lora.batcher import MicroBatcher
+
+    async def scenario():
+        b = MicroBatcher(lambda texts: [t.upper() for t in texts], max_batch_size=8, max_wait_ms=0, workers=2)
+        real = b._run_batch
+
+        async def broken(batch):
+            raise KeyError("bug")
+
+        b._run_batch = broken
+        b.start()
+        with pytest.raises(KeyError):
+            await asyncio.wait_for(b.submit(["a"]), 5)
+        b._run_batch = real  # the dispatcher and both workers are still there
+        assert await asyncio.wait_for(asyncio.gather(b.submit(["b"]), b.submit(["c"])), 5) == [["B"], ["C"]]
+        await b.stop()
+        return b.stats.failed_requests
+
+    assert asyncio.run(scenario()) == 1
