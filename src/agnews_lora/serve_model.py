@@ -20,8 +20,8 @@ def default_workers(device_type: str, cpus: int | None = None) -> int:
     """Micro-batches that run at once: 2 on a CPU with 2+ cores, else 1.
 
     On the 2-core CPU of docs/performance.md two single-threaded workers served 1.35x the texts/s of
-    one with 32 clients (the model no longer idles while the event loop answers a batch and parses the
-    next one); one batch on two intra-op threads was slower than on one.  GPUs: one (more not measured).
+    one with 32 clients: one worker keeps one core busy, and the event loop leaves most of the other
+    idle; one batch on two intra-op threads was slower than on one.  GPUs: one (more not measured).
     """
     cpus = cpus or os.cpu_count() or 1
     return 2 if device_type == "cpu" and cpus >= 2 else 1

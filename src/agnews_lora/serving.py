@@ -22,10 +22,11 @@ from typing import Optional
 
 from . import __version__
 from .batcher import MicroBatcher, Overloaded, ShuttingDown
-from .serve_model import TEST_HOOKS_ENV, default_threads, default_workers, make_batch_fn, warm_up
 from .errors import UserError
+from .serve_model import TEST_HOOKS_ENV, default_threads, default_workers, make_batch_fn, warm_up
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class ServeOptions:
