@@ -60,6 +60,8 @@ class LoraSettings:
     target_modules: list = _f(["query", "value"], "Names of the Linear modules that get LoRA (e.g. query, key, value, dense).")
     bias: str = _f("none", "Which biases train: 'none', 'all' or 'lora_only' (as in PEFT).")
     layers: list | None = _f(None, "Encoder layer indices that get LoRA (null = all layers).")
+    head: str = _f("full", "Classifier head: 'full' (trained in full) or 'out_proj' (its dense layer "
+                   "frozen at the checkpoint's pooler, else identity; only the output layer trains).")
 
 
 @dataclass
@@ -229,6 +231,7 @@ def validate(cfg: Config) -> None:
     _choice(t.schedule, ("linear", "cosine", "constant"), "train.schedule")
     _choice(t.precision, ("auto", "bf16", "fp16", "fp32"), "train.precision")
     _choice(lo.bias, ("none", "all", "lora_only"), "lora.bias")
+    _choice(lo.head, ("full", "out_proj"), "lora.head")
     positive = {
         "lora.r": lo.r, "model.max_length": cfg.model.max_length, "train.per_device_batch_size": t.per_device_batch_size,
         "train.grad_accumulation": t.grad_accumulation, "train.eval_batch_size": t.eval_batch_size,

