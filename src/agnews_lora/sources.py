@@ -223,9 +223,7 @@ def _disk_error(spec: str, where: Path, e: OSError) -> UserError:
 
 
 def assemble(spec: str, model: SplitModel, pieces: list[Piece], target: Path) -> Path:
-    """Verify the pieces, extract them beside ``target``, mark the folder, rename it into place."""
-    for piece in pieces:
-        _check_piece(spec, piece, hash_it=True)
+    """Extract the (verified) pieces beside ``target``, mark the folder, rename it into place."""
     tmp = old = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +259,8 @@ def resolve(spec: str) -> str:
     target = cache_root() / f"{name}-{pieces[0].version}"
     if _trusted(target, model, pieces):
         return str(target)
-    for piece in pieces:
-        _check_piece(spec, piece, hash_it=False)  # cheap checks first: a missing or short piece fails fast
+    for hash_it in (False, True):  # sizes first: a missing or short piece fails fast
+        for piece in pieces:
+            _check_piece(spec, piece, hash_it)
     log.info("assembling %s from %d packages into %s (once)", spec, len(pieces), target)
     return str(assemble(spec, model, pieces, target))
