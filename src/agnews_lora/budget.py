@@ -10,7 +10,7 @@ from .errors import UserError
 @dataclass
 class ParamCounts:
     lora: int  # LoRA A/B matrices
-    head: int  # the classifier head, trained in full and saved with the adapter
+    head: int  # the classifier head's trained part (lora.head), saved with the adapter
     other: int  # anything else left trainable (e.g. biases with lora.bias != 'none')
     trainable: int
     total: int  # all parameters of the model as trained (base + LoRA + head copy)
@@ -54,5 +54,6 @@ def check_budget(counts: ParamCounts, max_trainable: int) -> None:
             f"over budget: {counts.trainable:,} trainable parameters (LoRA {counts.lora:,} + head {counts.head:,}"
             + (f" + other {counts.other:,}" if counts.other else "")
             + f") > budget.max_trainable_params {max_trainable:,}; lower lora.r, target fewer modules "
-            f"or layers (see `agnews-lora plan --budget {max_trainable}`)"
+            f"or layers, or train only the head's output layer with lora.head=out_proj "
+            f"(see `agnews-lora plan --budget {max_trainable}`)"
         )

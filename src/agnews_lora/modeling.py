@@ -97,7 +97,8 @@ def lora_config(settings: LoraSettings) -> LoraConfig:
     (``modules_to_save``); LoRA itself never goes on the head, which would break reloading.
     """
     if any(m in ("classifier", "score", "out_proj") for m in settings.target_modules):
-        raise UserError("lora.target_modules must not name the classifier head: it is trained in full and saved with the adapter")
+        raise UserError("lora.target_modules must not name the classifier head: it is trained as "
+                        "lora.head says and saved with the adapter")
     return LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=settings.r,

@@ -3,8 +3,9 @@
 No weights are downloaded: the model is built once on the meta device and its ``nn.Linear``
 modules are walked with PEFT's own target matching (``check_target_module_exists``, the
 function ``get_peft_model`` uses), so each layout's LoRA count is exact and costs about a millisecond.
-The classifier head is counted once by a real (meta-device) PEFT build, which also checks the
-fast count of one layout against ``count_params``.
+The classifier head is counted once per head choice (``lora.head``: ``full``, or ``out_proj`` with
+the head's dense layer frozen) by a real (meta-device) PEFT build, which also checks the fast count
+of one layout against ``count_params``.
 
 Well-known Hub ids (``roberta-base`` ...) have built-in configs, used when neither a local
 directory nor the local Hugging Face cache holds the real one, so ``plan`` works offline and
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from .config import AG_NEWS_LABELS, LoraSettings
 from .errors import UserError
+from .heads import HEAD_CHOICES, differs_from_full
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,7 @@ class Layout:
     budget: int
     targets: str = ""  # short label, e.g. q,v
     layers_label: str = "all"
+    head: str = "full"  # lora.head
     trainable_params: int = field(init=False)
     fits: bool = field(init=False)
 
@@ -169,7 +172,11 @@ class Planner:
                             f"{type(self.model).__name__}")
         indices = {int(_LAYER_INDEX.match(n)["idx"]) for n, _ in self.modules if _LAYER_INDEX.match(n)}
         self.num_layers = max(indices) + 1
-        self._head: tuple[int, int, int] | None = None  # head, other, total from a real meta PEFT build
+        self._heads: dict[str, tuple[int, int, int]] = {}  # per lora.head: head, other, total (meta build)
+
+    def head_choices(self) -> list[str]:
+        """The ``lora.head`` values that differ here (``out_proj`` is ``full`` for a single-Linear head)."""
+        return list(HEAD_CHOICES) if differs_from_full(self.model) else ["full"]
 
     # -- discovery -----------------------------------------------------------------------------
     def _discover(self) -> list[TargetInfo]:
@@ -259,27 +266,32 @@ class Planner:
                             + (f" in layers {settings.layers}" if settings.layers is not None else "") + ")")
         return total
 
-    def _head_counts(self, settings: LoraSettings) -> tuple[int, int, int]:
-        if self._head is None:
+    def _head_counts(self, head: str = "full") -> tuple[int, int, int]:
+        if head not in self._heads:
+            settings = self._reference(head)
             ref = self.exact(settings)
             fast = self.lora_params(settings)
             if fast is not None and fast != ref.lora:  # PEFT changed its matching: never report a wrong count
                 raise RuntimeError(f"plan: fast LoRA count {fast} != PEFT's {ref.lora} for {settings}")
-            self._head = (ref.head, ref.other, ref.total - ref.lora)
-        return self._head
+            self._heads[head] = (ref.head, ref.other, ref.total - ref.lora)
+        return self._heads[head]
 
-    def _reference(self) -> LoraSettings:
+    def _reference(self, head: str = "full") -> LoraSettings:
         """The layout checked against a real build: the broadest target set (all linear)."""
-        return LoraSettings(r=1, target_modules=self.target_sets()[-1][1])
+        return LoraSettings(r=1, target_modules=self.target_sets()[-1][1], head=head)
+
+    def head_params_for(self, head: str) -> int:
+        """Trainable parameters of the classifier head under ``lora.head=head``."""
+        return self._head_counts(head)[0]
 
     @property
     def head_params(self) -> int:
-        return self._head_counts(self._reference())[0]
+        return self.head_params_for("full")
 
     @property
     def base_params(self) -> int:
         """All parameters of the model as saved (base + head), without LoRA."""
-        return self._head_counts(self._reference())[2]
+        return self._head_counts()[2]
 
     def layout(self, settings: LoraSettings, budget: int, targets: str = "", layers_label: str = "all") -> Layout:
         lora = self.lora_params(settings)
@@ -287,15 +299,18 @@ class Planner:
             c = self.exact(settings)
             lora, head, other = c.lora, c.head, c.other
         else:
-            head, other, _ = self._head_counts(self._reference())
-        return Layout(settings.r, list(settings.target_modules), None if settings.layers is None else list(settings.layers),
-                      lora, head, other, budget, targets or ",".join(settings.target_modules), layers_label)
+            head, other, _ = self._head_counts(settings.head)
+        layers = None if settings.layers is None else list(settings.layers)
+        return Layout(settings.r, list(settings.target_modules), layers, lora, head, other, budget,
+                      targets or ",".join(settings.target_modules), layers_label, settings.head)
 
-    def enumerate(self, budget: int, ranks=DEFAULT_RANKS) -> list[Layout]:
-        """Every rank x target set x layer subset; fitting layouts first, most budget used first."""
+    def enumerate(self, budget: int, ranks=DEFAULT_RANKS, heads=None) -> list[Layout]:
+        """Every head choice x rank x target set x layer subset; fitting first, most budget used first."""
         layouts = [
-            self.layout(LoraSettings(r=r, target_modules=names, layers=layers), budget, label, layers_label)
-            for label, names in self.target_sets() for layers_label, layers in self.layer_subsets() for r in ranks
+            self.layout(LoraSettings(r=r, target_modules=names, layers=layers, head=head), budget, label,
+                        layers_label)
+            for head in (heads or self.head_choices()) for label, names in self.target_sets()
+            for layers_label, layers in self.layer_subsets() for r in ranks
         ]
         return sort_layouts(layouts)
 
@@ -318,7 +333,9 @@ class Plan:
     layouts: list[Layout]
 
 
-def plan(model: str, budget: int, ranks=DEFAULT_RANKS, num_labels: int = len(AG_NEWS_LABELS)) -> Plan:
+def plan(model: str, budget: int, ranks=DEFAULT_RANKS, num_labels: int = len(AG_NEWS_LABELS),
+         heads=None) -> Plan:
+    """Layouts for every head choice in ``heads`` (default: each ``lora.head`` that differs here)."""
     if budget <= 0:
         raise UserError(f"--budget must be positive, got {budget}")
     if not ranks or any(r <= 0 for r in ranks):
@@ -326,58 +343,89 @@ def plan(model: str, budget: int, ranks=DEFAULT_RANKS, num_labels: int = len(AG_
     if num_labels < 2:
         raise UserError(f"--num-labels must be at least 2, got {num_labels}")
     model_config, note = resolve_model_config(model)
+    bad = [h for h in heads or () if h not in HEAD_CHOICES]
+    if bad:
+        raise UserError(f"head choice '{bad[0]}' is not one of {', '.join(HEAD_CHOICES)}")
     planner = Planner(model_config, num_labels)
-    return Plan(model, note, planner, budget, planner.enumerate(budget, tuple(sorted(set(ranks)))))
+    if heads:
+        heads = [h for h in HEAD_CHOICES if h in heads and h in planner.head_choices()] or ["full"]
+    return Plan(model, note, planner, budget, planner.enumerate(budget, tuple(sorted(set(ranks))), heads))
 
 
 # ---------------------------------------------------------------------------------------------
 # output
 
 
-def format_plan(p: Plan, top: int = 10) -> str:
+def _head_lines(p: Plan) -> list[str]:
     pl, b = p.planner, p.budget
-    head, cfg = pl.head_params, pl.model_config
-    fitting = [lay for lay in p.layouts if lay.fits]
-    left = b - head
-    lines = [f"model     {p.model}: {type(pl.model).__name__}, {pl.num_layers} layers, hidden "
-             f"{getattr(cfg, 'hidden_size', getattr(cfg, 'dim', '?'))}, {pl.base_params:,} parameters (config only, no weights)"]
-    if p.note:
-        lines.append(f"note      {p.note}")
-    lines += [
-        f"budget    {b:,} trainable parameters",
-        f"head      classifier head {head:,} = {100 * head / b:.1f} % of the budget (always trained in full); "
-        + (f"{left:,} left for LoRA" if left > 0 else "nothing left for LoRA: the head alone is over budget"),
-        "modules   per layer: " + ", ".join(f"{t.target} {t.in_features}x{t.out_features}" for t in pl.targets),
-        "",
-        f"{len(fitting)} of {len(p.layouts)} layouts fit; "
-        + (f"the {min(top, len(fitting))} that use most of the budget:" if fitting else "none does."),
-    ]
-    if fitting:
-        width = max(len(",".join(lay.target_modules)) for lay in fitting[:top])
-        lines.append(f"  {'r':>3}  {'target_modules':<{width}}  {'layers':<19} {'LoRA':>10} {'trainable':>11} {'of budget':>9}")
-        for lay in fitting[:top]:
-            lines.append(f"  {lay.r:>3}  {','.join(lay.target_modules):<{width}}  {lay.layers_label:<19} {lay.lora_params:>10,} "
-                         f"{lay.trainable_params:>11,} {100 * lay.trainable_params / b:>8.1f}%")
+    heads = sorted({lay.head for lay in p.layouts}, key=HEAD_CHOICES.index)
+    lines = []
+    for i, head in enumerate(heads):
+        n = pl.head_params_for(head)
+        what = {"full": "classifier head", "out_proj": "head out_proj only"}[head]
+        how = {"full": "lora.head=full: trained in full",
+               "out_proj": "lora.head=out_proj: its dense layer frozen at the pooler or identity"}[head]
+        left = b - n
+        lines.append(f"{'head' if i == 0 else '':<10}{what} {n:,} = {100 * n / b:.1f} % of the budget ({how}); "
+                     + (f"{left:,} left for LoRA" if left > 0 else "nothing left for LoRA: the head alone is over budget"))
+    if "out_proj" not in pl.head_choices():
+        lines.append(f"{'':<10}(the head is a single Linear: lora.head=out_proj is the same as full here)")
+    return lines
+
+
+def _grid(p: Plan, head: str) -> list[str]:
+    pl = p.planner
     ranks = sorted({lay.r for lay in p.layouts})
-    sets = pl.target_sets()
-    lines += ["", "trainable parameters of every layout (* = fits the budget):",
-              f"  {'targets':<11} {'layers':<19}" + "".join(f"{'r=' + str(r):>12}" for r in ranks)]
     cells: dict[tuple[str, str], dict[int, Layout]] = {}
-    for label, _ in sets:
+    for label, _ in pl.target_sets():
         for layers_label, _ in pl.layer_subsets():
             cells[(label, layers_label)] = {}
     for lay in p.layouts:
-        cells.setdefault((lay.targets, lay.layers_label), {})[lay.r] = lay
+        if lay.head == head:
+            cells.setdefault((lay.targets, lay.layers_label), {})[lay.r] = lay
+    lines = [f"  {'targets':<11} {'layers':<19}" + "".join(f"{'r=' + str(r):>12}" for r in ranks)]
     for (label, layers_label), by_r in cells.items():
-        row = "".join(f"{f'{by_r[r].trainable_params:,}' + ('*' if by_r[r].fits else ' '):>12}" if r in by_r else " " * 12
-                      for r in ranks)
+        row = "".join(f"{f'{by_r[r].trainable_params:,}' + ('*' if by_r[r].fits else ' '):>12}" if r in by_r
+                      else " " * 12 for r in ranks)
         lines.append(f"  {label:<11} {layers_label:<19}{row}")
-    lines.append("  " + "; ".join(f"{label} = [{', '.join(names)}]" for label, names in sets))
+    return lines
+
+
+def format_plan(p: Plan, top: int = 10) -> str:
+    pl, b, cfg = p.planner, p.budget, p.planner.model_config
+    fitting = [lay for lay in p.layouts if lay.fits]
+    heads = sorted({lay.head for lay in p.layouts}, key=HEAD_CHOICES.index)
+    hidden = getattr(cfg, "hidden_size", getattr(cfg, "dim", "?"))
+    lines = [f"model     {p.model}: {type(pl.model).__name__}, {pl.num_layers} layers, hidden {hidden}, "
+             f"{pl.base_params:,} parameters (config only, no weights)"]
+    if p.note:
+        lines.append(f"note      {p.note}")
+    lines += [f"budget    {b:,} trainable parameters", *_head_lines(p),
+              "modules   per layer: " + ", ".join(f"{t.target} {t.in_features}x{t.out_features}" for t in pl.targets),
+              "",
+              f"{len(fitting)} of {len(p.layouts)} layouts fit; "
+              + (f"the {min(top, len(fitting))} that use most of the budget:" if fitting else "none does.")]
+    if fitting:
+        width = max(len(",".join(lay.target_modules)) for lay in fitting[:top])
+        hw = 9 if len(heads) > 1 else 0
+        lines.append(f"  {'head':<{hw}}{'r':>3}  {'target_modules':<{width}}  {'layers':<19} {'LoRA':>10} "
+                     f"{'trainable':>11} {'of budget':>9}" if hw else
+                     f"  {'r':>3}  {'target_modules':<{width}}  {'layers':<19} {'LoRA':>10} {'trainable':>11} "
+                     f"{'of budget':>9}")
+        for lay in fitting[:top]:
+            lines.append(f"  {lay.head if hw else '':<{hw}}{lay.r:>3}  {','.join(lay.target_modules):<{width}}  "
+                         f"{lay.layers_label:<19} {lay.lora_params:>10,} "
+                         f"{lay.trainable_params:>11,} {100 * lay.trainable_params / b:>8.1f}%")
+    for head in heads:
+        lines += ["", "trainable parameters of every layout (* = fits the budget)"
+                  + (f", lora.head={head}:" if len(heads) > 1 else ":"), *_grid(p, head)]
+    lines.append("  " + "; ".join(f"{label} = [{', '.join(names)}]" for label, names in pl.target_sets()))
     if fitting:
         best = fitting[0]
         sets_ = f" --set 'lora.layers={best.layers}'" if best.layers is not None else ""
+        head_ = f" --set lora.head={best.head}" if best.head != "full" else ""
         lines += ["", f"train the first: agnews-lora train --set lora.r={best.r} "
-                      f"--set 'lora.target_modules=[{', '.join(best.target_modules)}]'{sets_}"]
+                      f"--set 'lora.target_modules=[{', '.join(best.target_modules)}]'{sets_}{head_}"]
     return "\n".join(lines)
 
 
