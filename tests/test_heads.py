@@ -124,3 +124,19 @@ def test_out_proj_run_reloads_and_merges_exactly(pooler_model_dir, data_dir, tmp
     metrics = classification_metrics(val.labels, a)
     assert metrics["accuracy"] == pytest.approx(best["val_accuracy"])
     assert metrics["loss"] == pytest.approx(best["val_loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("name, trainable", [("offline-mpnet", 888_580), ("offline-mpnet-seed-notebook", 814_852),
+                                             ("offline-mpnet-seed-script", 741_124)])
+def test_mpnet_recipes_fit_the_budget_on_the_same_rows(name, trainable, tmp_path):
+    """MPNet's module names (q, k, v) match, the budget holds, and every recipe holds out the same test rows."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_config(root / f"{name}.yaml")
+    assert cfg.model.name_or_path == "offline:all-mpnet-base-v2"
+    assert (cfg.data.train_file, cfg.data.test_size, cfg.data.split_seed) == ("../shared/data/agnews/train.csv", 0.1, 42)
+    MPNetConfig(vocab_size=30527).save_pretrained(tmp_path)  # all-mpnet-base-v2's sizes, without its weights
+    counts = plan_counts(apply_overrides(cfg, [f"model.name_or_path={tmp_path}"]))
+    assert counts.trainable == trainable and counts.head == 593_668
+    check_budget(counts, cfg.budget.max_trainable_params)
