@@ -87,6 +87,9 @@ def load_base_model(cfg: Config):
             dtype=torch.float32,
         )
     except (OSError, ValueError) as e:
+        if "attention implementation" in str(e):  # e.g. MPNet has no SDPA kernel in transformers 5
+            raise UserError(f"model '{cfg.model.name_or_path}' does not support model.attn_implementation="
+                            f"'{cfg.model.attn_implementation}'; set model.attn_implementation=eager") from None
         raise _hub_failure(cfg.model.name_or_path, e) from None
 
 
