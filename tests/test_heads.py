@@ -1,4 +1,4 @@
-"""`lora.head`: the classifier head trained in full, or only its output projection (dense frozen)."""
+"""`lora.head`: the classifier head trained in full, or only its output projection."""
 
 from __future__ import annotations
 
@@ -7,14 +7,24 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, BertConfig, MPNetConfig, RobertaConfig
+from conftest import tiny_overrides
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    MPNetConfig,
+    RobertaConfig,
+)
 
 from agnews_lora.budget import check_budget, count_params
-from agnews_lora.config import LoraSettings, apply_overrides, Config, load_config
+from agnews_lora.config import Config, LoraSettings, apply_overrides, load_config
 from agnews_lora.errors import UserError
-from agnews_lora.modeling import apply_lora, load_adapter_model, load_base_model, meta_peft_model
+from agnews_lora.modeling import (
+    apply_lora,
+    load_adapter_model,
+    load_base_model,
+    meta_peft_model,
+)
 from agnews_lora.training import plan_counts, train
-from conftest import tiny_overrides
 
 
 def _meta_counts(config, **lora):
@@ -23,7 +33,9 @@ def _meta_counts(config, **lora):
     return count_params(meta_peft_model(config, LoraSettings(**lora)))
 
 
-@pytest.mark.parametrize("config, qv", [(RobertaConfig(), ["query", "value"]), (MPNetConfig(), ["q", "v"])])
+@pytest.mark.parametrize(
+    "config, qv", [(RobertaConfig(), ["query", "value"]), (MPNetConfig(), ["q", "v"])]
+)
 def test_out_proj_head_trains_3076_params_on_a_768_hidden_model(config, qv):
     full = _meta_counts(config, r=8, target_modules=qv)
     cheap = _meta_counts(config, r=8, target_modules=qv, head="out_proj")
@@ -55,7 +67,7 @@ def test_plan_counts_and_the_budget_follow_the_head_choice(tmp_path):
 
 @pytest.fixture(scope="module")
 def pooler_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny RoBERTa checkpoint with a (random, seeded) pre-trained pooler, as roberta-base/MPNet have."""
+    """The tiny RoBERTa checkpoint with a (random, seeded) pooler, like roberta-base / MPNet."""
     from transformers import RobertaModel
 
     d = tmp_path_factory.mktemp("tiny-pooler") / "model"
@@ -82,7 +94,9 @@ def _head_copy(peft_model):
 
 
 def test_frozen_dense_starts_from_the_pooler_or_identity(pooler_model_dir, tiny_model_dir):
-    cfg = apply_overrides(Config(), [f"model.name_or_path={pooler_model_dir}", "lora.head=out_proj"])
+    cfg = apply_overrides(
+        Config(), [f"model.name_or_path={pooler_model_dir}", "lora.head=out_proj"]
+    )
     head = _head_copy(apply_lora(load_base_model(cfg), cfg.lora))
     weight, bias = _pooler(pooler_model_dir)
     assert torch.equal(head.dense.weight, weight) and torch.equal(head.dense.bias, bias)
@@ -90,18 +104,30 @@ def test_frozen_dense_starts_from_the_pooler_or_identity(pooler_model_dir, tiny_
 
     cfg = apply_overrides(Config(), [f"model.name_or_path={tiny_model_dir}", "lora.head=out_proj"])
     head = _head_copy(apply_lora(load_base_model(cfg), cfg.lora))  # a checkpoint without a pooler
-    assert torch.equal(head.dense.weight, torch.eye(head.dense.in_features)) and not head.dense.bias.any()
+    assert (
+        torch.equal(head.dense.weight, torch.eye(head.dense.in_features))
+        and not head.dense.bias.any()
+    )
 
 
 def test_out_proj_run_reloads_and_merges_exactly(pooler_model_dir, data_dir, tmp_path):
-    """Training moves LoRA and out_proj, not the frozen dense; adapter/ and merged/ reproduce the run."""
+    """Training moves LoRA and out_proj, not the frozen dense; adapter/ and merged/ reproduce it."""
     from agnews_lora.data import encode, load_splits
     from agnews_lora.evaluation import classification_metrics
     from agnews_lora.modeling import load_tokenizer
     from agnews_lora.prediction import batched_logits
 
-    sets = tiny_overrides(pooler_model_dir, data_dir / "train.csv", tmp_path, **{
-        "lora.head": "out_proj", "train.precision": "fp32", "train.max_steps": 40, "run_name": "out-proj"})
+    sets = tiny_overrides(
+        pooler_model_dir,
+        data_dir / "train.csv",
+        tmp_path,
+        **{
+            "lora.head": "out_proj",
+            "train.precision": "fp32",
+            "train.max_steps": 40,
+            "run_name": "out-proj",
+        },
+    )
     cfg = load_config(None, sets)
     run = train(cfg, progress=False)
     assert run.summary["params"]["head"] == 32 * 4 + 4
@@ -116,7 +142,9 @@ def test_out_proj_run_reloads_and_merges_exactly(pooler_model_dir, data_dir, tmp
     merged = AutoModelForSequenceClassification.from_pretrained(run.dir / "merged")
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert torch.equal(merged.classifier.dense.weight, weight)
-    val = encode(load_splits(cfg)["validation"], load_tokenizer(str(pooler_model_dir)), cfg.model.max_length)
+    val = encode(
+        load_splits(cfg)["validation"], load_tokenizer(str(pooler_model_dir)), cfg.model.max_length
+    )
     _, a = batched_logits(adapter_model, val, 64, 1, "cpu", max_length=cfg.model.max_length)
     _, m = batched_logits(merged, val, 64, 1, "cpu", max_length=cfg.model.max_length)
     np.testing.assert_allclose(a, m, atol=1e-5)
@@ -126,17 +154,29 @@ def test_out_proj_run_reloads_and_merges_exactly(pooler_model_dir, data_dir, tmp
     assert metrics["loss"] == pytest.approx(best["val_loss"], abs=1e-5)
 
 
-@pytest.mark.parametrize("name, trainable", [("offline-mpnet", 888_580), ("offline-mpnet-seed-notebook", 814_852),
-                                             ("offline-mpnet-seed-script", 741_124)])
+@pytest.mark.parametrize(
+    "name, trainable",
+    [
+        ("offline-mpnet", 888_580),
+        ("offline-mpnet-seed-notebook", 814_852),
+        ("offline-mpnet-seed-script", 741_124),
+    ],
+)
 def test_mpnet_recipes_fit_the_budget_on_the_same_rows(name, trainable, tmp_path):
-    """MPNet's module names (q, k, v) match, the budget holds, and every recipe holds out the same test rows."""
+    """MPNet's module names (q, k, v) match, the budget holds, all hold out the same test rows."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs"
     cfg = load_config(root / f"{name}.yaml")
     assert cfg.model.name_or_path == "offline:all-mpnet-base-v2"
-    assert (cfg.data.train_file, cfg.data.test_size, cfg.data.split_seed) == ("../shared/data/agnews/train.csv", 0.1, 42)
-    MPNetConfig(vocab_size=30527).save_pretrained(tmp_path)  # all-mpnet-base-v2's sizes, without its weights
+    assert (cfg.data.train_file, cfg.data.test_size, cfg.data.split_seed) == (
+        "../shared/data/agnews/train.csv",
+        0.1,
+        42,
+    )
+    MPNetConfig(vocab_size=30527).save_pretrained(
+        tmp_path
+    )  # all-mpnet-base-v2's sizes, without its weights
     counts = plan_counts(apply_overrides(cfg, [f"model.name_or_path={tmp_path}"]))
     assert counts.trainable == trainable and counts.head == 593_668
     check_budget(counts, cfg.budget.max_trainable_params)

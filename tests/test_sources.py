@@ -1,4 +1,4 @@
-"""`offline:` model sources: a model zipped and split over several (here: fake) installed packages."""
+"""`offline:` model sources: a model zipped and split over several (fake) installed packages."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ def _record_hash(data: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def write_dist(site: Path, package: str, version: str, files: dict[str, bytes], record: dict | None = None):
-    """An installed distribution as pip leaves it: files + NAME-VERSION.dist-info with METADATA and RECORD."""
+def write_dist(
+    site: Path, package: str, version: str, files: dict[str, bytes], record: dict | None = None
+):
+    """An installed distribution as pip leaves it: files + NAME-VERSION.dist-info with a RECORD."""
     info = site / f"{package.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True, exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
@@ -47,14 +49,14 @@ def _piece_path(i: int) -> str:
 
 @pytest.fixture
 def split_model(tiny_model_dir, tmp_path, monkeypatch):
-    """The tiny RoBERTa as a zip of tiny-split/, split into 3 pieces in 3 fake installed packages."""
+    """The tiny RoBERTa as a zip of tiny-split/, split into 3 pieces in 3 fake packages."""
     zpath = tmp_path / "whole.zip"
     with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(tiny_model_dir.iterdir()):
             zf.write(f, f"{NAME}/{f.name}")
     data = zpath.read_bytes()
     cut = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
-    pieces = [data[cut[i]:cut[i + 1]] for i in range(3)]
+    pieces = [data[cut[i] : cut[i + 1]] for i in range(3)]
     site = tmp_path / "site"
     for i, (pkg, piece) in enumerate(zip(PACKAGES, pieces), start=1):
         write_dist(site, pkg, "1.0", {_piece_path(i): piece})
@@ -62,10 +64,17 @@ def split_model(tiny_model_dir, tmp_path, monkeypatch):
     importlib.invalidate_caches()
     cache = tmp_path / "cache"
     monkeypatch.setenv("AGNEWS_LORA_CACHE", str(cache))
-    model = sources.SplitModel(folder=NAME, packages=PACKAGES, piece="tiny_split_part_{i:03d}/input/tiny-split.zip.{i:03d}")
+    model = sources.SplitModel(
+        folder=NAME, packages=PACKAGES, piece="tiny_split_part_{i:03d}/input/tiny-split.zip.{i:03d}"
+    )
     monkeypatch.setitem(sources.SPLIT_MODELS, NAME, model)
-    return {"site": site, "pieces": pieces, "models": cache / "models", "target": cache / "models" / f"{NAME}-1.0",
-            "source": tiny_model_dir}
+    return {
+        "site": site,
+        "pieces": pieces,
+        "models": cache / "models",
+        "target": cache / "models" / f"{NAME}-1.0",
+        "source": tiny_model_dir,
+    }
 
 
 def _left_in(models: Path) -> list[str]:
@@ -108,7 +117,9 @@ def _one_line_exit_2(capsys, message: str) -> str:
     assert main(["plan", "--model", SPEC]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert message in lines[-1] and lines[-1].startswith("error: "), lines
-    assert all(line.startswith("assembling ") for line in lines[:-1]), lines  # at most the progress notice
+    assert all(line.startswith("assembling ") for line in lines[:-1]), (
+        lines
+    )  # at most the progress notice
     return lines[-1]
 
 
@@ -150,7 +161,7 @@ def test_piece_from_another_version_is_refused(split_model, capsys):
 
 
 def test_pieces_that_match_their_records_but_not_each_other(split_model, capsys):
-    """A piece from another build of the same version: its own RECORD agrees, the zip's CRC does not."""
+    """A piece from another build of the same version: its RECORD agrees, the zip's CRC does not."""
     site = split_model["site"]
     import shutil
 
@@ -177,12 +188,16 @@ def test_full_disk_while_extracting_leaves_nothing_to_trust(split_model, monkeyp
     monkeypatch.setattr(sources.shutil, "copyfileobj", fill_up)
     _one_line_exit_2(capsys, "no space left in")
     assert _left_in(split_model["models"]) == []
-    monkeypatch.setattr(sources.shutil, "copyfileobj", real)  # space freed: the next run assembles it
+    monkeypatch.setattr(
+        sources.shutil, "copyfileobj", real
+    )  # space freed: the next run assembles it
     assert Path(resolve_model_path(SPEC)).is_dir()
 
 
 def test_unknown_offline_model():
-    with pytest.raises(UserError, match="unknown offline model 'offline:nope'; known: offline:all-mpnet-base-v2"):
+    with pytest.raises(
+        UserError, match="unknown offline model 'offline:nope'; known: offline:all-mpnet-base-v2"
+    ):
         resolve_model_path("offline:nope")
 
 
@@ -195,3 +210,20 @@ def test_the_real_mpnet_parts_are_found_without_reading_them():
     assert [p.package for p in pieces] == list(model.packages)
     assert all(p.path.is_file() and p.path.stat().st_size == p.size for p in pieces)
     assert sum(p.size for p in pieces) > 400_000_000
+
+
+def test_mpnet_without_sdpa_names_the_setting_to_change(tmp_path):
+    """transformers 5 has no SDPA kernel for MPNet: say what to set, not 'the Hub failed'."""
+    from transformers import MPNetConfig, MPNetForMaskedLM
+
+    from agnews_lora.config import Config, apply_overrides
+    from agnews_lora.modeling import load_base_model
+
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    MPNetForMaskedLM(MPNetConfig(vocab_size=100, **small)).save_pretrained(tmp_path)
+    cfg = apply_overrides(Config(), [f"model.name_or_path={tmp_path}"])
+    with pytest.raises(UserError, match="set model.attn_implementation=eager") as err:
+        load_base_model(cfg)
+    assert "Hub" not in str(err.value)
+    cfg = apply_overrides(cfg, ["model.attn_implementation=eager"])
+    assert type(load_base_model(cfg)).__name__ == "MPNetForSequenceClassification"

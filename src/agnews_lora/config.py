@@ -60,8 +60,11 @@ class LoraSettings:
     target_modules: list = _f(["query", "value"], "Names of the Linear modules that get LoRA (e.g. query, key, value, dense).")
     bias: str = _f("none", "Which biases train: 'none', 'all' or 'lora_only' (as in PEFT).")
     layers: list | None = _f(None, "Encoder layer indices that get LoRA (null = all layers).")
-    head: str = _f("full", "Classifier head: 'full' (trained in full) or 'out_proj' (its dense layer "
-                   "frozen at the checkpoint's pooler, else identity; only the output layer trains).")
+    head: str = _f(
+        "full",
+        "Classifier head: 'full' (trained in full) or 'out_proj' (its dense layer frozen at the "
+        "checkpoint's pooler, else identity; only the output layer trains).",
+    )
 
 
 @dataclass

