@@ -111,9 +111,9 @@ def main(argv=None) -> int:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps({"base": args.base, "samples": args.samples, "partial": True,
                                                    "runs": rows}, indent=2))
-    print(f"\n{'recipe':<14}{'seed':>5}{'steps':>7}{'batch':>6}{'lr':>9}  {"lora":<36}{'val acc':>8}{'test acc':>9}{'train min':>10}{'samples/s':>10}")
+    print(f"\n{'recipe':<14}{'seed':>5}{'steps':>7}{'batch':>6}{'lr':>9}  {'lora':<36}{'val acc':>8}{'test acc':>9}{'train min':>10}{'samples/s':>10}")
     for r in rows:
-        print(f"{r['recipe']:<14}{r['seed']:>5}{r['steps']:>7}{r['batch']:>6}{r['learning_rate']:>9.0e}  {r["lora"]:<36}"
+        print(f"{r['recipe']:<14}{r['seed']:>5}{r['steps']:>7}{r['batch']:>6}{r['learning_rate']:>9.0e}  {r['lora']:<36}"
               f"{r['val_accuracy']:>8.4f}{r['test_accuracy']:>9.4f}{r['train_minutes']:>10.1f}{r['samples_per_s']:>10.1f}")
     summary = {}
     for recipe in args.recipes:
