@@ -38,7 +38,10 @@ BASES = {
     },
     "mpnet": {
         "ours": ("offline-mpnet.yaml", []),
-        "ours-outproj": ("offline-mpnet.yaml", ["lora.head=out_proj"]),
+        # the budget spent on LoRA instead of the head: 884,736 LoRA + 3,076 head = 887,812
+        "ours-outproj": ("offline-mpnet.yaml", ["lora.head=out_proj", "lora.r=16", "lora.target_modules=[q,k,v]"]),
+        # the same 888,580 as ours, LoRA only in the top half: no backward pass through layers 0-5
+        "ours-top": ("offline-mpnet.yaml", ["lora.r=16", "lora.layers=[6,7,8,9,10,11]"]),
         "seed-script": ("offline-mpnet-seed-script.yaml", []),
         "seed-notebook": ("offline-mpnet-seed-notebook.yaml", []),
     },
