@@ -51,7 +51,7 @@ def test_overrides_are_parsed_as_yaml_and_type_checked():
     assert apply_overrides(Config(), ["lora.target_modules=query,value"]).lora.target_modules == ["query", "value"]
     with pytest.raises(UserError, match="must be an integer"):
         apply_overrides(Config(), ["lora.r=four"])
-    with pytest.raises(UserError, match="must be positive"):
+    with pytest.raises(UserError, match="must be >= 1"):
         apply_overrides(Config(), ["lora.r=0"])
     with pytest.raises(UserError, match="KEY=VALUE"):
         apply_overrides(Config(), ["lora.r"])
