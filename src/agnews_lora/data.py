@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +19,12 @@ import numpy as np
 
 from .config import Config
 from .errors import UserError
+from .readers import FORMATS, read_columns  # noqa: F401 - re-exported
+from .safe_yaml import clip, show
 
 log = logging.getLogger(__name__)
 
-FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".pkl": "pickle", ".pickle": "pickle"}
+ROWS = "rows are numbered from 1, not counting a header"
 
 
 @dataclass
@@ -42,95 +44,66 @@ class Table:
 
 
 # ---------------------------------------------------------------------------------------------
-# reading
-
-
-def _check_utf8(path: Path) -> None:
-    with path.open("rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                raise UserError(f"'{path}' is not UTF-8 text (first bad byte on line {lineno}); re-save it as UTF-8") from None
-
-
-def read_columns(path: str | Path, trust_pickle: bool = False) -> dict[str, list]:
-    """Read a CSV / TSV / JSON(L) / Parquet file (or, if trusted, a pickled ``datasets.Dataset``)."""
-    import datasets
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file '{path}' not found")
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise UserError(f"data file '{path}': unsupported extension '{path.suffix}' (use .csv, .tsv, .jsonl, .json, .parquet or .pkl)")
-    if fmt == "pickle":
-        return _read_pickle(path, trust_pickle)
-    if fmt in ("csv", "json"):
-        _check_utf8(path)
-    if path.stat().st_size == 0:
-        raise UserError(f"data file '{path}' is empty")
-    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-    try:
-        ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
-    except Exception as e:  # datasets wraps parser errors in several types
-        cause = e.__cause__ or e
-        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        raise UserError(f"could not read '{path}' as {fmt}: {reason[:200]}") from None
-    return ds.to_dict()
-
-
-def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, list]:
-    if not trust_pickle:
-        raise UserError(
-            f"'{path}' is a pickle, and loading a pickle can run arbitrary code; "
-            "pass --trust-pickle if you trust where it came from"
-        )
-    try:
-        with path.open("rb") as fh:
-            obj = pickle.load(fh)  # noqa: S301 - the user explicitly trusted this file
-    except Exception as e:
-        raise UserError(f"could not unpickle '{path}': {type(e).__name__}: {str(e)[:160]}") from None
-    if hasattr(obj, "to_dict") and hasattr(obj, "column_names"):  # datasets.Dataset
-        return obj.to_dict()
-    if hasattr(obj, "to_dict") and hasattr(obj, "columns"):  # pandas.DataFrame
-        return {c: obj[c].tolist() for c in obj.columns}
-    if isinstance(obj, dict):
-        return {k: list(v) for k, v in obj.items()}
-    raise UserError(f"'{path}' holds a {type(obj).__name__}; expected a datasets.Dataset, a DataFrame or a dict of columns")
-
-
-# ---------------------------------------------------------------------------------------------
 # validation
 
 
+def _as_text(value) -> str | None:
+    """A cell as text: strings as they are, numbers in their string form, missing as None."""
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
 def _texts(cols: dict[str, list], where: str) -> list[str]:
+    """Texts by the rule: a cell that is a string or a number is text (a number in its string
+    form); an empty, whitespace-only or missing cell is "empty"; anything else is an error."""
     if "text" in cols:
-        texts = cols["text"]
+        parts = [cols["text"]]
     elif "title" in cols and "description" in cols:
-        texts = [f"{t or ''} {d or ''}".strip() for t, d in zip(cols["title"], cols["description"])]
+        parts = [cols["title"], cols["description"]]
     else:
-        raise UserError(f"{where} has no 'text' column (nor 'title' + 'description'); columns found: {', '.join(cols) or 'none'}")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        raise UserError(f"{where} has no 'text' column (nor 'title' + 'description'); "
+                        f"columns found: {clip(', '.join(map(str, cols)) or 'none', 200)}")
+    texts, bad = [], []
+    for i, cells in enumerate(zip(*parts)):
+        try:
+            pieces = [_as_text(c) for c in cells]
+        except TypeError as e:
+            raise UserError(f"{where}: row {i + 1} has a text that is a {e}, not a string "
+                            f"({ROWS})") from None
+        text = " ".join(p for p in pieces if p is not None).strip() if len(pieces) > 1 \
+            else pieces[0]
+        if text is None or not text.strip():
+            bad.append(i)
+        texts.append(text)
     if bad:
-        raise UserError(f"{where}: {len(bad)} row(s) have an empty or missing text (first at row {bad[0]}); remove or fill them")
-    return list(texts)
+        raise UserError(f"{where}: {len(bad)} row(s) have an empty or missing text (first at row "
+                        f"{bad[0] + 1}; {ROWS}); remove or fill them")
+    return texts
 
 
 def _labels(values: list, names: list[str], where: str) -> np.ndarray:
     lookup = {str(n).lower(): i for i, n in enumerate(names)}
     out = np.empty(len(values), dtype=np.int64)
     for i, v in enumerate(values):
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            v = int(v)
         if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
             idx = int(v)
-        elif isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        elif isinstance(v, str) and v.strip().lstrip("+-").isdigit() and len(v) < 20:
             idx = int(v.strip())
         elif isinstance(v, str) and v.strip().lower() in lookup:
             idx = lookup[v.strip().lower()]
         else:
-            raise UserError(f"{where}: row {i} has label {v!r}, which is not one of {names} nor an id 0..{len(names) - 1}")
+            raise UserError(f"{where}: row {i + 1} has label {show(v)}, which is not one of "
+                            f"{names} nor an id 0..{len(names) - 1} ({ROWS})")
         if not 0 <= idx < len(names):
-            raise UserError(f"{where}: row {i} has label {idx}, outside the label set 0..{len(names) - 1} ({', '.join(names)})")
+            raise UserError(f"{where}: row {i + 1} has label {idx}, outside the label set "
+                            f"0..{len(names) - 1} ({', '.join(names)}; {ROWS})")
         out[i] = idx
     return out
 
