@@ -147,12 +147,13 @@ def _read_parquet(path: Path, name: str) -> dict[str, list]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        _unique(pq.read_schema(path).names, name)
+        return pq.read_table(path).to_pydict()
+    except UserError:
+        raise
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(clip(f"could not read '{name}' as parquet: {reason}")) from None
-    _unique(table.column_names, name)
-    return table.to_pydict()
 
 
 def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, list]:
