@@ -131,6 +131,7 @@ def test_annotations_are_resolved_types_with_typed_list_elements():
     ("train.max_steps=99999999999999999999", "'train.max_steps' is out of range"),
     ("lora.r=" + "9" * 5000, "holds a value YAML cannot represent"),
     ("train.epochs=0", "'train.epochs' must be positive (or set train.max_steps)"),
+    ("run_name=a\x1fb", "character #x001f at position 1"),
 ])
 def test_bad_values_are_one_short_line(item, message):
     with pytest.raises(UserError) as err:

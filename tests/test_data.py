@@ -112,6 +112,8 @@ def test_bom_header_and_quoted_newlines_in_csv(tmp_path):
     ("d.csv", "text,label\n", "has no rows"),
     ("d.csv", "\n\n", "has no rows"),
     ("d.parquet", "not parquet", "could not read"),
+    ("d.jsonl", '{"text": "\\ud800 x", "label": 1}\n', "row 1 has a text that is not valid Unicode"),
+    ("d.tsv", 'text\tlabel\n"a\t1\n', "row 1 has 1 field(s) but the header has 2; quote texts that contain a tab"),
 ])
 def test_malformed_files_are_one_line(tmp_path, name, content, message):
     assert message in _error(_write(tmp_path / name, content))

@@ -58,6 +58,14 @@ def _as_text(value) -> str | None:
     raise TypeError(type(value).__name__)
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _texts(cols: dict[str, list], where: str) -> list[str]:
     """Texts by the rule: a cell that is a string or a number is text (a number in its string
     form); an empty, whitespace-only or missing cell is "empty"; anything else is an error."""
@@ -79,6 +87,9 @@ def _texts(cols: dict[str, list], where: str) -> list[str]:
             else pieces[0]
         if text is None or not text.strip():
             bad.append(i)
+        elif not _encodable(text):
+            raise UserError(f"{where}: row {i + 1} has a text that is not valid Unicode (a lone "
+                            f"surrogate such as \\ud800 in JSON; {ROWS})")
         texts.append(text)
     if bad:
         raise UserError(f"{where}: {len(bad)} row(s) have an empty or missing text (first at row "

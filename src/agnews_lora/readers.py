@@ -71,6 +71,7 @@ def _unique(header: list[str], name: str) -> None:
 def _read_csv(text: str, name: str, delimiter: str) -> dict[str, list]:
     csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    sep = "a tab" if delimiter == "\t" else f"'{delimiter}'"
     header: list[str] | None = None
     cols: dict[str, list] = {}
     row_no = 0
@@ -86,7 +87,7 @@ def _read_csv(text: str, name: str, delimiter: str) -> dict[str, list]:
             row_no += 1
             if len(row) != len(header):
                 raise UserError(f"'{name}': row {row_no} has {len(row)} field(s) but the header has "
-                                f"{len(header)}; quote texts that contain '{delimiter}'")
+                                f"{len(header)}; quote texts that contain {sep}")
             for col, value in zip(header, row):
                 cols[col].append(value)
     except csv.Error as e:

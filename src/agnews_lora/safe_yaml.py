@@ -87,13 +87,16 @@ def parse_yaml(text: str, what: str) -> Any:
     """Parse YAML text (at most ``MAX_BYTES``) with the bounded loader; errors name ``what``."""
     if len(text) > MAX_BYTES:
         raise UserError(f"{what} is longer than {MAX_BYTES} characters; refusing to parse it")
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader already refuses control characters
         return loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         loc = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or type(e).__name__
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or type(e).__name__
+        if isinstance(e, yaml.reader.ReaderError):
+            problem = f"character #x{e.character:04x} at position {e.position}: {problem}"
         raise UserError(clip(f"{what} is not valid YAML{loc}: {problem}")) from None
     except (ValueError, OverflowError) as e:  # int() digit limit, impossible dates
         reason = str(e).split(";")[0]
@@ -101,7 +104,8 @@ def parse_yaml(text: str, what: str) -> Any:
     except RecursionError:
         raise UserError(f"{what} is nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml_file(path: str | Path, what: str) -> Any:
