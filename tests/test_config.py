@@ -11,8 +11,14 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 
 def _field_tree(obj) -> dict:
-    return {f.name: (_field_tree(getattr(obj, f.name)) if dataclasses.is_dataclass(getattr(obj, f.name)) else None)
-            for f in dataclasses.fields(obj)}
+    return {
+        f.name: (
+            _field_tree(getattr(obj, f.name))
+            if dataclasses.is_dataclass(getattr(obj, f.name))
+            else None
+        )
+        for f in dataclasses.fields(obj)
+    }
 
 
 def _key_tree(data) -> dict:
@@ -27,7 +33,9 @@ def test_every_shipped_config_loads_and_lists_every_field(path):
     lines = path.read_text().splitlines()
     for i, line in enumerate(lines):
         if line.startswith("  ") and ":" in line and not line.lstrip().startswith("#"):
-            assert lines[i - 1].lstrip().startswith("#"), f"{path.name}: '{line.strip()}' has no comment"
+            assert lines[i - 1].lstrip().startswith("#"), (
+                f"{path.name}: '{line.strip()}' has no comment"
+            )
 
 
 def test_default_yaml_equals_builtin_defaults():
@@ -36,19 +44,58 @@ def test_default_yaml_equals_builtin_defaults():
 
 def test_seed_configs_hold_the_seed_recipes():
     nb = load_config(CONFIGS[0].parent / "seed-notebook.yaml")
-    assert (nb.lora.r, nb.lora.alpha, nb.lora.dropout, nb.lora.target_modules) == (4, 4.0, 0.2, ["query", "key", "value"])
-    assert (nb.train.learning_rate, nb.train.per_device_batch_size, nb.train.eval_batch_size, nb.train.max_steps, nb.data.val_size) == (1e-5, 16, 64, 2000, 1280)
+    assert (nb.lora.r, nb.lora.alpha, nb.lora.dropout, nb.lora.target_modules) == (
+        4,
+        4.0,
+        0.2,
+        ["query", "key", "value"],
+    )
+    assert (
+        nb.train.learning_rate,
+        nb.train.per_device_batch_size,
+        nb.train.eval_batch_size,
+        nb.train.max_steps,
+        nb.data.val_size,
+    ) == (1e-5, 16, 64, 2000, 1280)
     sc = load_config(CONFIGS[0].parent / "seed-script.yaml")
-    assert (sc.lora.r, sc.lora.alpha, sc.lora.dropout, sc.lora.target_modules, sc.model.max_length) == (4, 8.0, 0.1, ["query", "key"], 80)
-    assert (sc.train.learning_rate, sc.train.epochs, sc.train.schedule, sc.train.warmup_ratio, sc.train.eval_every) == (2e-5, 3.0, "linear", 0.1, 250)
+    assert (
+        sc.lora.r,
+        sc.lora.alpha,
+        sc.lora.dropout,
+        sc.lora.target_modules,
+        sc.model.max_length,
+    ) == (4, 8.0, 0.1, ["query", "key"], 80)
+    assert (
+        sc.train.learning_rate,
+        sc.train.epochs,
+        sc.train.schedule,
+        sc.train.warmup_ratio,
+        sc.train.eval_every,
+    ) == (2e-5, 3.0, "linear", 0.1, 250)
 
 
 def test_overrides_are_parsed_as_yaml_and_type_checked():
-    cfg = apply_overrides(Config(), ["lora.r=4", "train.learning_rate=3e-4", "lora.target_modules=[query,key]",
-                                     "train.max_steps=10", "data.max_train_samples=null", "lora.alpha=8"])
-    assert cfg.lora.r == 4 and cfg.train.learning_rate == 3e-4 and cfg.lora.target_modules == ["query", "key"]
+    cfg = apply_overrides(
+        Config(),
+        [
+            "lora.r=4",
+            "train.learning_rate=3e-4",
+            "lora.target_modules=[query,key]",
+            "train.max_steps=10",
+            "data.max_train_samples=null",
+            "lora.alpha=8",
+        ],
+    )
+    assert (
+        cfg.lora.r == 4
+        and cfg.train.learning_rate == 3e-4
+        and cfg.lora.target_modules == ["query", "key"]
+    )
     assert cfg.lora.alpha == 8.0 and isinstance(cfg.lora.alpha, float)
-    assert apply_overrides(Config(), ["lora.target_modules=query,value"]).lora.target_modules == ["query", "value"]
+    assert apply_overrides(Config(), ["lora.target_modules=query,value"]).lora.target_modules == [
+        "query",
+        "value",
+    ]
     with pytest.raises(UserError, match="must be an integer"):
         apply_overrides(Config(), ["lora.r=four"])
     with pytest.raises(UserError, match="must be >= 1"):
@@ -58,7 +105,9 @@ def test_overrides_are_parsed_as_yaml_and_type_checked():
 
 
 def test_unknown_keys_suggest_the_nearest():
-    with pytest.raises(UserError, match=r"unknown config key 'train.learning_rat'.*did you mean 'learning_rate'"):
+    with pytest.raises(
+        UserError, match=r"unknown config key 'train.learning_rat'.*did you mean 'learning_rate'"
+    ):
         apply_overrides(Config(), ["train.learning_rat=1e-4"])
     with pytest.raises(UserError, match=r"unknown config key 'lorra'.*did you mean 'lora'"):
         config_from_dict({"lorra": {"r": 4}})
@@ -84,7 +133,11 @@ def test_readme_config_reference_lists_every_key():
     cfg = Config()
     for section in dataclasses.fields(cfg):
         value = getattr(cfg, section.name)
-        keys = [f"{section.name}.{f.name}" for f in dataclasses.fields(value)] if dataclasses.is_dataclass(value) else [section.name]
+        keys = (
+            [f"{section.name}.{f.name}" for f in dataclasses.fields(value)]
+            if dataclasses.is_dataclass(value)
+            else [section.name]
+        )
         for key in keys:
             assert f"| `{key}` |" in readme, f"README configuration reference misses {key}"
 
@@ -104,35 +157,41 @@ def test_annotations_are_resolved_types_with_typed_list_elements():
     assert type_hints(TrainConfig)["schedule"] == Literal["linear", "cosine", "constant"]
 
 
-@pytest.mark.parametrize("item, message", [
-    ("lora.layers=[a]", "'lora.layers[0]' must be an integer, got 'a'"),
-    ("lora.layers=[0, 0]", "'lora.layers' lists a layer twice"),
-    ("lora.layers=[-1]", "'lora.layers[0]' must be >= 0"),
-    ("data.label_names=[1, 2]", "'data.label_names[0]' must be a string"),
-    ("lora.target_modules=[query, [key]]", "'lora.target_modules[1]' must be a string"),
-    ("train.schedule=cosin", "'train.schedule' must be one of linear, cosine, constant; got 'cosin'"),
-    ("lora.bias=[none]", "'lora.bias' must be one of none, all, lora_only"),
-    ("model.attn_implementation=flash", "must be one of sdpa, eager"),
-    ("train.learning_rate=.nan", "'train.learning_rate' must be a finite number, got nan"),
-    ("train.learning_rate=.inf", "must be a finite number, got inf"),
-    ("train.learning_rate=1e999", "must be a finite number, got inf"),
-    ("train.learning_rate=-1e-4", "'train.learning_rate' must be > 0"),
-    ("data.max_train_samples=0", "'data.max_train_samples' must be >= 1"),
-    ("data.max_train_samples=-5", "'data.max_train_samples' must be >= 1"),
-    ("train.seed=-1", "'train.seed' must be in [0, 4294967295]"),
-    ("data.split_seed=4294967296", "'data.split_seed' must be in [0, 4294967295]"),
-    ("train.weight_decay=-0.01", "'train.weight_decay' must be >= 0"),
-    ("train.max_grad_norm=-1", "'train.max_grad_norm' must be >= 0"),
-    ("lora.alpha=-16", "'lora.alpha' must be > 0"),
-    ("lora.dropout=1.0", "'lora.dropout' must be in [0, 1)"),
-    ("train.warmup_ratio=-0.1", "'train.warmup_ratio' must be in [0, 1)"),
-    ("data.val_size=0", "'data.val_size' must be > 0"),
-    ("data.test_size=-0.1", "'data.test_size' must be >= 0"),
-    ("train.max_steps=99999999999999999999", "'train.max_steps' is out of range"),
-    ("lora.r=" + "9" * 5000, "holds a value YAML cannot represent"),
-    ("train.epochs=0", "'train.epochs' must be positive (or set train.max_steps)"),
-    ("run_name=a\x1fb", "character #x001f at position 1"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("lora.layers=[a]", "'lora.layers[0]' must be an integer, got 'a'"),
+        ("lora.layers=[0, 0]", "'lora.layers' lists a layer twice"),
+        ("lora.layers=[-1]", "'lora.layers[0]' must be >= 0"),
+        ("data.label_names=[1, 2]", "'data.label_names[0]' must be a string"),
+        ("lora.target_modules=[query, [key]]", "'lora.target_modules[1]' must be a string"),
+        (
+            "train.schedule=cosin",
+            "'train.schedule' must be one of linear, cosine, constant; got 'cosin'",
+        ),
+        ("lora.bias=[none]", "'lora.bias' must be one of none, all, lora_only"),
+        ("model.attn_implementation=flash", "must be one of sdpa, eager"),
+        ("train.learning_rate=.nan", "'train.learning_rate' must be a finite number, got nan"),
+        ("train.learning_rate=.inf", "must be a finite number, got inf"),
+        ("train.learning_rate=1e999", "must be a finite number, got inf"),
+        ("train.learning_rate=-1e-4", "'train.learning_rate' must be > 0"),
+        ("data.max_train_samples=0", "'data.max_train_samples' must be >= 1"),
+        ("data.max_train_samples=-5", "'data.max_train_samples' must be >= 1"),
+        ("train.seed=-1", "'train.seed' must be in [0, 4294967295]"),
+        ("data.split_seed=4294967296", "'data.split_seed' must be in [0, 4294967295]"),
+        ("train.weight_decay=-0.01", "'train.weight_decay' must be >= 0"),
+        ("train.max_grad_norm=-1", "'train.max_grad_norm' must be >= 0"),
+        ("lora.alpha=-16", "'lora.alpha' must be > 0"),
+        ("lora.dropout=1.0", "'lora.dropout' must be in [0, 1)"),
+        ("train.warmup_ratio=-0.1", "'train.warmup_ratio' must be in [0, 1)"),
+        ("data.val_size=0", "'data.val_size' must be > 0"),
+        ("data.test_size=-0.1", "'data.test_size' must be >= 0"),
+        ("train.max_steps=99999999999999999999", "'train.max_steps' is out of range"),
+        ("lora.r=" + "9" * 5000, "holds a value YAML cannot represent"),
+        ("train.epochs=0", "'train.epochs' must be positive (or set train.max_steps)"),
+        ("run_name=a\x1fb", "character #x001f at position 1"),
+    ],
+)
 def test_bad_values_are_one_short_line(item, message):
     with pytest.raises(UserError) as err:
         apply_overrides(Config(), [item])
@@ -141,9 +200,19 @@ def test_bad_values_are_one_short_line(item, message):
 
 
 def test_good_edge_values_are_accepted():
-    cfg = apply_overrides(Config(), ["train.seed=4294967295", "train.seed=0", "lora.layers=0,2",
-                                     "train.epochs=0", "train.max_steps=5", "lora.dropout=0",
-                                     "train.max_grad_norm=0", "data.label_names=[a, b]"])
+    cfg = apply_overrides(
+        Config(),
+        [
+            "train.seed=4294967295",
+            "train.seed=0",
+            "lora.layers=0,2",
+            "train.epochs=0",
+            "train.max_steps=5",
+            "lora.dropout=0",
+            "train.max_grad_norm=0",
+            "data.label_names=[a, b]",
+        ],
+    )
     assert cfg.train.seed == 0 and cfg.lora.layers == [0, 2] and cfg.train.epochs == 0.0
 
 
@@ -163,14 +232,20 @@ def _bomb(levels: int = 9) -> str:
     return text
 
 
-@pytest.mark.parametrize("text, message", [
-    (_bomb(), "aliases (*name) are not allowed"),
-    ("lora:\n  r: 4\n  alpha: 8\n  r: 5\n", "line 4, column 3: duplicate key 'r' (first on line 2)"),
-    ("lora: {r: 4}\ntrain: {}\nlora: {}\n", "duplicate key 'lora' (first on line 1)"),
-    ("lora: " + "[" * 5000 + "]" * 5000, "nested more than 32 levels deep"),
-    ("lora:\n  <<: {r: 4}\n", "merge keys (<<) are not allowed"),
-    ("train:\n  seed: 2001-02-30\n", "holds a value YAML cannot represent"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (_bomb(), "aliases (*name) are not allowed"),
+        (
+            "lora:\n  r: 4\n  alpha: 8\n  r: 5\n",
+            "line 4, column 3: duplicate key 'r' (first on line 2)",
+        ),
+        ("lora: {r: 4}\ntrain: {}\nlora: {}\n", "duplicate key 'lora' (first on line 1)"),
+        ("lora: " + "[" * 5000 + "]" * 5000, "nested more than 32 levels deep"),
+        ("lora:\n  <<: {r: 4}\n", "merge keys (<<) are not allowed"),
+        ("train:\n  seed: 2001-02-30\n", "holds a value YAML cannot represent"),
+    ],
+)
 def test_hostile_yaml_is_refused_in_bounded_memory(tmp_path, text, message):
     import tracemalloc
 

@@ -48,7 +48,9 @@ def test_a_hand_edit_is_detected_and_write_repairs_it(tmp_path, edit, capsys):
 
 
 def test_rendering_keeps_header_values_and_notes():
-    src = "# my header\n# line 2\n\nlora:\n  r: 4  # as in the paper\ntrain:\n  learning_rate: 2e-5\n"
+    src = (
+        "# my header\n# line 2\n\nlora:\n  r: 4  # as in the paper\ntrain:\n  learning_rate: 2e-5\n"
+    )
     out = config_docs.render_yaml(src)
     assert out.startswith("# my header\n# line 2\n\nmodel:\n")
     assert "  r: 4  # as in the paper\n" in out and "  learning_rate: 2.0e-05\n" in out

@@ -25,7 +25,9 @@ def _error(path: Path, **kw) -> str:
 
 
 def test_numbers_and_na_are_texts_in_csv(tmp_path):
-    path = _write(tmp_path / "d.csv", "text,label\n123,1\nN/A,2\nnull,0\nNone,3\n007,1\n1.50,Sports\n")
+    path = _write(
+        tmp_path / "d.csv", "text,label\n123,1\nN/A,2\nnull,0\nNone,3\n007,1\n1.50,Sports\n"
+    )
     table = read_table(path, NAMES)
     assert table.texts == ["123", "N/A", "null", "None", "007", "1.50"]
     assert list(table.labels) == [1, 2, 0, 3, 1, 1]
@@ -58,10 +60,13 @@ def test_label_errors_name_the_data_row_from_1(tmp_path):
     assert "row 1 has label 1.5" in _error(path)
 
 
-@pytest.mark.parametrize("name, content", [
-    ("d.csv", "text,label,text\na,1,b\n"),
-    ("d.tsv", "label\ttext\tlabel\na\t1\t2\n"),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("d.csv", "text,label,text\na,1,b\n"),
+        ("d.tsv", "label\ttext\tlabel\na\t1\t2\n"),
+    ],
+)
 def test_duplicate_columns_are_refused(tmp_path, name, content):
     message = _error(_write(tmp_path / name, content))
     assert "appears more than once in the header" in message
@@ -72,13 +77,19 @@ def test_duplicate_parquet_columns_are_refused(tmp_path):
     import pyarrow.parquet as pq
 
     path = tmp_path / "d.parquet"
-    pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array([1]), pa.array(["b"])],
-                                        names=["text", "label", "text"]), path)
+    pq.write_table(
+        pa.Table.from_arrays(
+            [pa.array(["a"]), pa.array([1]), pa.array(["b"])], names=["text", "label", "text"]
+        ),
+        path,
+    )
     assert "column 'text' appears more than once" in _error(path)
 
 
 def test_duplicate_json_keys_name_the_line(tmp_path):
-    path = _write(tmp_path / "d.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 1, "label": 2}\n')
+    path = _write(
+        tmp_path / "d.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 1, "label": 2}\n'
+    )
     assert "line 2: key 'label' appears twice" in _error(path)
 
 
@@ -105,16 +116,27 @@ def test_bom_header_and_quoted_newlines_in_csv(tmp_path):
     assert table.texts == ["two\nlines", "b"] and list(table.labels) == [1, 2]
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("d.jsonl", '{"text": NaN, "label": 1}\n', "NaN is not valid JSON"),
-    ("d.jsonl", "[" * 100_000 + "\n", "nested too deeply"),
-    ("d.jsonl", "5\n", "row 1 is 5, not a JSON object"),
-    ("d.csv", "text,label\n", "has no rows"),
-    ("d.csv", "\n\n", "has no rows"),
-    ("d.parquet", "not parquet", "could not read"),
-    ("d.jsonl", '{"text": "\\ud800 x", "label": 1}\n', "row 1 has a text that is not valid Unicode"),
-    ("d.tsv", 'text\tlabel\n"a\t1\n', "row 1 has 1 field(s) but the header has 2; quote texts that contain a tab"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("d.jsonl", '{"text": NaN, "label": 1}\n', "NaN is not valid JSON"),
+        ("d.jsonl", "[" * 100_000 + "\n", "nested too deeply"),
+        ("d.jsonl", "5\n", "row 1 is 5, not a JSON object"),
+        ("d.csv", "text,label\n", "has no rows"),
+        ("d.csv", "\n\n", "has no rows"),
+        ("d.parquet", "not parquet", "could not read"),
+        (
+            "d.jsonl",
+            '{"text": "\\ud800 x", "label": 1}\n',
+            "row 1 has a text that is not valid Unicode",
+        ),
+        (
+            "d.tsv",
+            'text\tlabel\n"a\t1\n',
+            "row 1 has 1 field(s) but the header has 2; quote texts that contain a tab",
+        ),
+    ],
+)
 def test_malformed_files_are_one_line(tmp_path, name, content, message):
     assert message in _error(_write(tmp_path / name, content))
 

@@ -16,25 +16,59 @@ from agnews_lora.data import read_table
 from agnews_lora.errors import UserError
 
 # AGNEWS_FUZZ_EXAMPLES=2000 for a longer hunt; the default keeps the module at a few seconds
-FAST = settings(max_examples=int(os.environ.get("AGNEWS_FUZZ_EXAMPLES", "60")), deadline=None,
-                database=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=int(os.environ.get("AGNEWS_FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 KEYS = [key for key, *_ in config_docs.fields()]
 SECTIONS = sorted({k.split(".")[0] for k in KEYS})
 NAMES = ["World", "Sports", "Business", "Sci/Tech"]
 _DIR = Path(tempfile.mkdtemp(prefix="agnews-fuzz-"))
 
 scalars = st.one_of(
-    st.sampled_from(["null", "~", "true", "no", ".nan", "-.inf", "1e999", "0x1F", "0o17", "1:30",
-                     "2001-02-30", "!!binary aGk=", "!!python/object:os.system {}", "&a x", "*a",
-                     "<<: {r: 1}", "'quoted'", '"\\u00e9"', "[", "{", "-", "? x", "|\n  block"]),
+    st.sampled_from(
+        [
+            "null",
+            "~",
+            "true",
+            "no",
+            ".nan",
+            "-.inf",
+            "1e999",
+            "0x1F",
+            "0o17",
+            "1:30",
+            "2001-02-30",
+            "!!binary aGk=",
+            "!!python/object:os.system {}",
+            "&a x",
+            "*a",
+            "<<: {r: 1}",
+            "'quoted'",
+            '"\\u00e9"',
+            "[",
+            "{",
+            "-",
+            "? x",
+            "|\n  block",
+        ]
+    ),
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.text(max_size=12),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]"),
-    st.dictionaries(st.sampled_from(KEYS + ["r", "x", "<<"]), inner, max_size=3).map(
-        lambda d: "{" + ", ".join(f"{k}: {v}" for k, v in d.items()) + "}")), max_leaves=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]"),
+        st.dictionaries(st.sampled_from(KEYS + ["r", "x", "<<"]), inner, max_size=3).map(
+            lambda d: "{" + ", ".join(f"{k}: {v}" for k, v in d.items()) + "}"
+        ),
+    ),
+    max_leaves=8,
+)
 keys = st.one_of(st.sampled_from(KEYS + SECTIONS), st.text(max_size=10))
 
 
@@ -70,21 +104,51 @@ def test_random_yaml_files_load_or_fail_in_one_line(text):
 
 
 @FAST
-@given(st.lists(st.one_of(st.tuples(keys, values).map(lambda kv: f"{kv[0]}={kv[1]}"),
-                          st.text(max_size=40)), max_size=3))
+@given(
+    st.lists(
+        st.one_of(st.tuples(keys, values).map(lambda kv: f"{kv[0]}={kv[1]}"), st.text(max_size=40)),
+        max_size=3,
+    )
+)
 def test_random_set_strings_apply_or_fail_in_one_line(items):
     _one_line_or_ok(lambda: apply_overrides(Config(), items))
 
 
-cells = st.one_of(st.sampled_from(["", " ", "N/A", "null", "123", "1.5", "World", "Sci/Tech", "7",
-                                   "-1", '"', '""', ",", "\t", "\n", "a\nb", "\x00"]),
-                  st.text(max_size=8))
+cells = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "N/A",
+            "null",
+            "123",
+            "1.5",
+            "World",
+            "Sci/Tech",
+            "7",
+            "-1",
+            '"',
+            '""',
+            ",",
+            "\t",
+            "\n",
+            "a\nb",
+            "\x00",
+        ]
+    ),
+    st.text(max_size=8),
+)
 
 
 @st.composite
 def csv_bytes(draw) -> bytes:
-    header = draw(st.lists(st.sampled_from(["text", "label", "title", "description", "x", ""]),
-                           min_size=1, max_size=4))
+    header = draw(
+        st.lists(
+            st.sampled_from(["text", "label", "title", "description", "x", ""]),
+            min_size=1,
+            max_size=4,
+        )
+    )
     rows = [header] + draw(st.lists(st.lists(cells, max_size=5), max_size=6))
     sep = draw(st.sampled_from([",", "\t"]))
     return "\n".join(sep.join(row) for row in rows).encode("utf-8", "surrogatepass")
@@ -92,9 +156,12 @@ def csv_bytes(draw) -> bytes:
 
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), cells),
-    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.sampled_from(["text", "label", "title"]), inner,
-                                            max_size=3)), max_leaves=6)
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["text", "label", "title"]), inner, max_size=3),
+    ),
+    max_leaves=6,
+)
 
 
 @st.composite
@@ -108,10 +175,17 @@ def jsonl_bytes(draw) -> bytes:
 
 
 @FAST
-@given(st.one_of(csv_bytes().map(lambda b: (".csv", b)), jsonl_bytes().map(lambda b: (".jsonl", b)),
-                 st.tuples(st.sampled_from([".csv", ".tsv", ".jsonl", ".json", ".parquet"]),
-                           st.binary(max_size=200))),
-       st.booleans())
+@given(
+    st.one_of(
+        csv_bytes().map(lambda b: (".csv", b)),
+        jsonl_bytes().map(lambda b: (".jsonl", b)),
+        st.tuples(
+            st.sampled_from([".csv", ".tsv", ".jsonl", ".json", ".parquet"]),
+            st.binary(max_size=200),
+        ),
+    ),
+    st.booleans(),
+)
 def test_random_data_files_read_or_fail_in_one_line(file, require_labels):
     suffix, content = file
     path = _DIR / f"fuzz{suffix}"

@@ -91,7 +91,8 @@ class DataConfig:
     split_seed: int = _f(
         42,
         "Seed of the stratified validation/test split (independent of train.seed).",
-        min=0, max=SEED_MAX,
+        min=0,
+        max=SEED_MAX,
     )
     cache_dir: str | None = _f(
         ".cache/agnews-lora", "Where tokenised datasets are cached (null disables the cache)."
@@ -139,16 +140,15 @@ class TrainConfig:
         min=0,
     )
     max_steps: int | None = _f(None, "Optimizer steps to train; overrides epochs.", min=1)
-    per_device_batch_size: int = _f(
-        32, "Training sequences per device per micro-batch.", min=1
-    )
+    per_device_batch_size: int = _f(32, "Training sequences per device per micro-batch.", min=1)
     grad_accumulation: int = _f(1, "Micro-batches per optimizer step.", min=1)
     eval_batch_size: int = _f(128, "Sequences per evaluation/prediction batch.", min=1)
     schedule: Schedule = _f("linear", "Learning-rate schedule after warmup.")
     warmup_ratio: float = _f(
         0.06,
         "Fraction of the steps spent warming the learning rate up from 0.",
-        min=0, max_exclusive=1,
+        min=0,
+        max_exclusive=1,
     )
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables clipping).", min=0)
     eval_every: int = _f(
@@ -162,9 +162,7 @@ class TrainConfig:
         "Stop after this many evaluations without a better val accuracy (null = never).",
         min=1,
     )
-    precision: Precision = _f(
-        "auto", "'auto' is bf16 where the hardware has it, else fp32."
-    )
+    precision: Precision = _f("auto", "'auto' is bf16 where the hardware has it, else fp32.")
     group_by_length: bool = _f(
         True, "Length-grouped (bucketed) training batches; batch order stays random."
     )

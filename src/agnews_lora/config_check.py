@@ -20,11 +20,19 @@ INT_MAX = 2**63 - 1  # every integer must fit in int64 (torch / numpy counters)
 
 
 _SYNONYMS = {
-    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
-    "lr": "learning_rate", "batch_size": "per_device_batch_size",
-    "train_batch_size": "per_device_batch_size", "gradient_accumulation_steps": "grad_accumulation",
-    "num_train_epochs": "epochs", "model": "name_or_path", "model_name": "name_or_path",
-    "warmup": "warmup_ratio", "lr_scheduler_type": "schedule",
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "lr": "learning_rate",
+    "batch_size": "per_device_batch_size",
+    "train_batch_size": "per_device_batch_size",
+    "gradient_accumulation_steps": "grad_accumulation",
+    "num_train_epochs": "epochs",
+    "model": "name_or_path",
+    "model_name": "name_or_path",
+    "warmup": "warmup_ratio",
+    "lr_scheduler_type": "schedule",
 }
 
 
@@ -116,18 +124,31 @@ def check_bounds(value: Any, meta: Any, where: str) -> None:
         return
     lo, lo_x = meta.get("min"), meta.get("min_exclusive")
     hi, hi_x = meta.get("max"), meta.get("max_exclusive")
-    if (lo is not None and value < lo) or (lo_x is not None and value <= lo_x) or (
-        hi is not None and value > hi
-    ) or (hi_x is not None and value >= hi_x):
+    if (
+        (lo is not None and value < lo)
+        or (lo_x is not None and value <= lo_x)
+        or (hi is not None and value > hi)
+        or (hi_x is not None and value >= hi_x)
+    ):
         raise fail(where, f"must be {describe_bounds(meta)}, got {show(value)}")
 
 
 def describe_bounds(meta: Any) -> str:
     """The bounds in a field's metadata as text, e.g. 'in [0, 1)' or '>= 1'; '' when unbounded."""
-    lo = ("[", meta["min"]) if "min" in meta else ("(", meta["min_exclusive"]) \
-        if "min_exclusive" in meta else None
-    hi = ("]", meta["max"]) if "max" in meta else (")", meta["max_exclusive"]) \
-        if "max_exclusive" in meta else None
+    lo = (
+        ("[", meta["min"])
+        if "min" in meta
+        else ("(", meta["min_exclusive"])
+        if "min_exclusive" in meta
+        else None
+    )
+    hi = (
+        ("]", meta["max"])
+        if "max" in meta
+        else (")", meta["max_exclusive"])
+        if "max_exclusive" in meta
+        else None
+    )
     if lo and hi:
         return f"in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
     if lo:
@@ -146,8 +167,9 @@ def apply_mapping(obj: Any, data: Any, prefix: str = "") -> None:
     for key, value in data.items():
         where = f"{prefix}{key}"
         if key not in fields:
-            raise UserError(clip(f"unknown config key '{clip(where, 80)}'"
-                                 f"{_suggest(str(key), list(fields))}"))
+            raise UserError(
+                clip(f"unknown config key '{clip(where, 80)}'{_suggest(str(key), list(fields))}")
+            )
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             apply_mapping(current, value, prefix=f"{where}.")

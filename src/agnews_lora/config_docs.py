@@ -48,8 +48,9 @@ def fields(cfg: Config | None = None) -> list[tuple[str, str | None, Any, Any, A
         if dataclasses.is_dataclass(value):
             hints = type_hints(value)
             for f in dataclasses.fields(value):
-                out.append((f"{top.name}.{f.name}", top.name, f, hints[f.name],
-                            getattr(value, f.name)))
+                out.append(
+                    (f"{top.name}.{f.name}", top.name, f, hints[f.name], getattr(value, f.name))
+                )
         else:
             out.append((top.name, None, top, type_hints(cfg)[top.name], value))
     return out
@@ -175,8 +176,10 @@ def render_table() -> str:
     ]
     for key, _, f, hint, value in fields():
         allowed = allowed_text(hint, f.metadata)
-        rows.append(f"| `{key}` | {_cell(type_text(hint))} | `{_cell(yaml_value(value))}` | "
-                    f"{_cell(allowed)} | {_cell(field_help_of(key, f))} |")
+        rows.append(
+            f"| `{key}` | {_cell(type_text(hint))} | `{_cell(yaml_value(value))}` | "
+            f"{_cell(allowed)} | {_cell(field_help_of(key, f))} |"
+        )
     return "\n".join(rows)
 
 
@@ -219,8 +222,11 @@ def write(root: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m agnews_lora.config_docs", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m agnews_lora.config_docs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--check", action="store_true", help="exit 1 if a generated file drifted")
     mode.add_argument("--write", action="store_true", help="regenerate the files")
@@ -232,8 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stale = drifted(args.root)
     for path in stale:
-        print(f"{path} drifted from src/agnews_lora/config.py; "
-              "run `python -m agnews_lora.config_docs --write`", file=sys.stderr)
+        print(
+            f"{path} drifted from src/agnews_lora/config.py; "
+            "run `python -m agnews_lora.config_docs --write`",
+            file=sys.stderr,
+        )
     return 1 if stale else 0
 
 

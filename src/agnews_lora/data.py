@@ -74,26 +74,34 @@ def _texts(cols: dict[str, list], where: str) -> list[str]:
     elif "title" in cols and "description" in cols:
         parts = [cols["title"], cols["description"]]
     else:
-        raise UserError(f"{where} has no 'text' column (nor 'title' + 'description'); "
-                        f"columns found: {clip(', '.join(map(str, cols)) or 'none', 200)}")
+        raise UserError(
+            f"{where} has no 'text' column (nor 'title' + 'description'); "
+            f"columns found: {clip(', '.join(map(str, cols)) or 'none', 200)}"
+        )
     texts, bad = [], []
     for i, cells in enumerate(zip(*parts)):
         try:
             pieces = [_as_text(c) for c in cells]
         except TypeError as e:
-            raise UserError(f"{where}: row {i + 1} has a text that is a {e}, not a string "
-                            f"({ROWS})") from None
-        text = " ".join(p for p in pieces if p is not None).strip() if len(pieces) > 1 \
-            else pieces[0]
+            raise UserError(
+                f"{where}: row {i + 1} has a text that is a {e}, not a string ({ROWS})"
+            ) from None
+        text = (
+            " ".join(p for p in pieces if p is not None).strip() if len(pieces) > 1 else pieces[0]
+        )
         if text is None or not text.strip():
             bad.append(i)
         elif not _encodable(text):
-            raise UserError(f"{where}: row {i + 1} has a text that is not valid Unicode (a lone "
-                            f"surrogate such as \\ud800 in JSON; {ROWS})")
+            raise UserError(
+                f"{where}: row {i + 1} has a text that is not valid Unicode (a lone "
+                f"surrogate such as \\ud800 in JSON; {ROWS})"
+            )
         texts.append(text)
     if bad:
-        raise UserError(f"{where}: {len(bad)} row(s) have an empty or missing text (first at row "
-                        f"{bad[0] + 1}; {ROWS}); remove or fill them")
+        raise UserError(
+            f"{where}: {len(bad)} row(s) have an empty or missing text (first at row "
+            f"{bad[0] + 1}; {ROWS}); remove or fill them"
+        )
     return texts
 
 
@@ -110,11 +118,15 @@ def _labels(values: list, names: list[str], where: str) -> np.ndarray:
         elif isinstance(v, str) and v.strip().lower() in lookup:
             idx = lookup[v.strip().lower()]
         else:
-            raise UserError(f"{where}: row {i + 1} has label {show(v)}, which is not one of "
-                            f"{names} nor an id 0..{len(names) - 1} ({ROWS})")
+            raise UserError(
+                f"{where}: row {i + 1} has label {show(v)}, which is not one of "
+                f"{names} nor an id 0..{len(names) - 1} ({ROWS})"
+            )
         if not 0 <= idx < len(names):
-            raise UserError(f"{where}: row {i + 1} has label {idx}, outside the label set "
-                            f"0..{len(names) - 1} ({', '.join(names)}; {ROWS})")
+            raise UserError(
+                f"{where}: row {i + 1} has label {idx}, outside the label set "
+                f"0..{len(names) - 1} ({', '.join(names)}; {ROWS})"
+            )
         out[i] = idx
     return out
 
@@ -132,7 +144,9 @@ def to_table(cols: dict[str, list], names: list[str], where: str, require_labels
     return Table(texts, labels, where)
 
 
-def read_table(path: str | Path, names: list[str], require_labels: bool = True, trust_pickle: bool = False) -> Table:
+def read_table(
+    path: str | Path, names: list[str], require_labels: bool = True, trust_pickle: bool = False
+) -> Table:
     return to_table(read_columns(path, trust_pickle), names, f"'{path}'", require_labels)
 
 
@@ -140,7 +154,9 @@ def read_table(path: str | Path, names: list[str], require_labels: bool = True, 
 # splits
 
 
-def stratified_split(table: Table, size: float, seed: int, names: tuple[str, str]) -> tuple[Table, Table]:
+def stratified_split(
+    table: Table, size: float, seed: int, names: tuple[str, str]
+) -> tuple[Table, Table]:
     """Seeded stratified split; ``size`` < 1 is a fraction, >= 1 a row count."""
     from sklearn.model_selection import train_test_split
 
@@ -148,10 +164,15 @@ def stratified_split(table: Table, size: float, seed: int, names: tuple[str, str
     count = int(round(size * n)) if size < 1 else int(size)
     n_classes = len(np.unique(table.labels))
     if count < n_classes or n - count < n_classes:
-        raise UserError(f"cannot carve {count} of {n} rows for '{names[1]}' with {n_classes} classes; adjust the split size")
+        raise UserError(
+            f"cannot carve {count} of {n} rows for '{names[1]}' with {n_classes} classes; "
+            "adjust the split size"
+        )
     idx = np.arange(n)
     try:
-        keep, held = train_test_split(idx, test_size=count, random_state=seed, stratify=table.labels)
+        keep, held = train_test_split(
+            idx, test_size=count, random_state=seed, stratify=table.labels
+        )
     except ValueError:  # a class too small to stratify
         keep, held = train_test_split(idx, test_size=count, random_state=seed)
     return table.subset(np.sort(keep), names[0]), table.subset(np.sort(held), names[1])
@@ -165,7 +186,8 @@ def _hub_dataset(cfg: Config):
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(
-            f"could not load dataset '{cfg.data.dataset}' from the Hugging Face Hub ({reason[:160]}); "
+            f"could not load dataset '{cfg.data.dataset}' from the Hugging Face Hub "
+            f"({reason[:160]}); "
             "set data.train_file to a local file or use --config configs/offline-minilm.yaml"
         ) from None
 
@@ -185,7 +207,7 @@ def _local_train_and_test(cfg: Config) -> tuple[Table, Table | None]:
 
 
 def load_splits(cfg: Config) -> dict[str, Table]:
-    """train + validation (carved from train, stratified and seeded).  The test split is not loaded."""
+    """train + validation (carved from train, stratified and seeded). Test split not loaded."""
     d = cfg.data
     if d.train_file:
         train, _ = _local_train_and_test(cfg)
@@ -199,7 +221,8 @@ def load_splits(cfg: Config) -> dict[str, Table]:
 
 
 def load_test_split(cfg: Config, data_file: str | None = None, trust_pickle: bool = False) -> Table:
-    """The split `evaluate` scores: --data FILE, the run's test file/carved rows, or the Hub test split."""
+    """The split `evaluate` scores: --data FILE, the run's test file or carved rows, or the Hub
+    test split."""
     d = cfg.data
     if data_file:
         table = read_table(data_file, d.label_names, require_labels=True, trust_pickle=trust_pickle)
@@ -208,7 +231,10 @@ def load_test_split(cfg: Config, data_file: str | None = None, trust_pickle: boo
     if d.train_file:
         _, test = _local_train_and_test(cfg)
         if test is None:
-            raise UserError("this run trained on a local file without data.test_file or data.test_size: pass --data FILE to evaluate")
+            raise UserError(
+                "this run trained on a local file without data.test_file or data.test_size: "
+                "pass --data FILE to evaluate"
+            )
         test.name = "test"
         return test
     table = _hub_table(_hub_dataset(cfg)["test"], d.label_names, "test")
@@ -237,7 +263,9 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         spec = json.loads(backend.to_str())
-        spec.pop("truncation", None)  # runtime state that the last call left behind, not the tokenizer
+        spec.pop(
+            "truncation", None
+        )  # runtime state that the last call left behind, not the tokenizer
         spec.pop("padding", None)
         blob = json.dumps(spec, sort_keys=True)
     else:
@@ -246,7 +274,8 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 
 
 def encode(table: Table, tokenizer, max_length: int, cache_dir: str | None = None) -> Encoded:
-    """Tokenise once; with ``cache_dir`` a second call with the same texts and tokenizer reads the cache."""
+    """Tokenise once; with ``cache_dir``, a later call with the same texts and tokenizer reads
+    the cache."""
     key = None
     if cache_dir:
         h = hashlib.sha256()
@@ -260,7 +289,7 @@ def encode(table: Table, tokenizer, max_length: int, cache_dir: str | None = Non
             try:
                 with np.load(key) as z:
                     flat, offsets = z["flat"], z["offsets"]
-                ids = [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+                ids = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
                 if len(ids) == len(table):
                     log.debug("tokenised %s from cache %s", table.name, key)
                     return Encoded(ids, table.labels)

@@ -19,21 +19,30 @@ from typing import Any
 from .errors import UserError
 from .safe_yaml import clip, show
 
-FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet",
-           ".pkl": "pickle", ".pickle": "pickle"}
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".pkl": "pickle",
+    ".pickle": "pickle",
+}
 MAX_FIELD_CHARS = 1 << 24  # one CSV cell; the csv module's default (128 KiB) is too small for docs
 
 
 def read_columns(path: str | Path, trust_pickle: bool = False) -> dict[str, list]:
-    """Read a CSV / TSV / JSON(L) / Parquet file (or, if trusted, a pickled ``datasets.Dataset``)."""
+    """Read a CSV / TSV / JSON(L) / Parquet file (or, if trusted, a pickled ``Dataset``)."""
     path = Path(path)
     name = clip(str(path), 160)
     if not path.is_file():
         raise UserError(f"data file '{name}' not found")
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise UserError(f"data file '{name}': unsupported extension '{clip(path.suffix, 20)}' "
-                        "(use .csv, .tsv, .jsonl, .json, .parquet or .pkl)")
+        raise UserError(
+            f"data file '{name}': unsupported extension '{clip(path.suffix, 20)}' "
+            "(use .csv, .tsv, .jsonl, .json, .parquet or .pkl)"
+        )
     if fmt == "pickle":
         return _read_pickle(path, trust_pickle)
     try:
@@ -43,7 +52,9 @@ def read_columns(path: str | Path, trust_pickle: bool = False) -> dict[str, list
             return _read_parquet(path, name)
         raw = path.read_bytes()
     except OSError as e:
-        raise UserError(f"data file '{name}' cannot be read ({e.strerror or type(e).__name__})") from None
+        raise UserError(
+            f"data file '{name}' cannot be read ({e.strerror or type(e).__name__})"
+        ) from None
     text = _utf8(raw, name)
     if fmt == "csv":
         return _read_csv(text, name, "\t" if path.suffix.lower() == ".tsv" else ",")
@@ -55,16 +66,19 @@ def _utf8(raw: bytes, name: str) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise UserError(f"'{name}' is not UTF-8 text (first bad byte on line {line}); "
-                        "re-save it as UTF-8") from None
+        raise UserError(
+            f"'{name}' is not UTF-8 text (first bad byte on line {line}); re-save it as UTF-8"
+        ) from None
 
 
 def _unique(header: list[str], name: str) -> None:
     seen = set()
     for col in header:
         if col in seen:
-            raise UserError(f"'{name}': column {show(col)} appears more than once in the header; "
-                            "rename or remove the duplicate")
+            raise UserError(
+                f"'{name}': column {show(col)} appears more than once in the header; "
+                "rename or remove the duplicate"
+            )
         seen.add(col)
 
 
@@ -86,12 +100,16 @@ def _read_csv(text: str, name: str, delimiter: str) -> dict[str, list]:
                 continue
             row_no += 1
             if len(row) != len(header):
-                raise UserError(f"'{name}': row {row_no} has {len(row)} field(s) but the header has "
-                                f"{len(header)}; quote texts that contain {sep}")
+                raise UserError(
+                    f"'{name}': row {row_no} has {len(row)} field(s) but the header has "
+                    f"{len(header)}; quote texts that contain {sep}"
+                )
             for col, value in zip(header, row):
                 cols[col].append(value)
     except csv.Error as e:
-        raise UserError(clip(f"could not read '{name}' as csv: line {reader.line_num}: {e}")) from None
+        raise UserError(
+            clip(f"could not read '{name}' as csv: line {reader.line_num}: {e}")
+        ) from None
     return cols
 
 
@@ -123,8 +141,11 @@ def _read_json(text: str, name: str) -> dict[str, list]:
         whole = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constants)
     except (ValueError, RecursionError):
         whole = None
-        records = [_loads(line, name, f"line {i}") for i, line in enumerate(text.splitlines(), 1)
-                   if line.strip()]
+        records = [
+            _loads(line, name, f"line {i}")
+            for i, line in enumerate(text.splitlines(), 1)
+            if line.strip()
+        ]
     else:
         if isinstance(whole, dict) and whole and all(isinstance(v, list) for v in whole.values()):
             lengths = {len(v) for v in whole.values()}
@@ -167,7 +188,9 @@ def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, list]:
         with path.open("rb") as fh:
             obj = pickle.load(fh)  # noqa: S301 - the user explicitly trusted this file
     except Exception as e:
-        raise UserError(f"could not unpickle '{path}': {type(e).__name__}: {str(e)[:160]}") from None
+        raise UserError(
+            f"could not unpickle '{path}': {type(e).__name__}: {str(e)[:160]}"
+        ) from None
     try:
         if hasattr(obj, "to_dict") and hasattr(obj, "column_names"):  # datasets.Dataset
             return obj.to_dict()
@@ -179,7 +202,10 @@ def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, list]:
     except UserError:
         raise
     except Exception as e:
-        raise UserError(clip(f"'{path}': cannot read columns from the pickled "
-                             f"{type(obj).__name__}: {e}")) from None
-    raise UserError(f"'{path}' holds a {type(obj).__name__}; expected a datasets.Dataset, "
-                    "a DataFrame or a dict of columns")
+        raise UserError(
+            clip(f"'{path}': cannot read columns from the pickled {type(obj).__name__}: {e}")
+        ) from None
+    raise UserError(
+        f"'{path}' holds a {type(obj).__name__}; expected a datasets.Dataset, "
+        "a DataFrame or a dict of columns"
+    )

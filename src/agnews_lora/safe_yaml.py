@@ -118,7 +118,9 @@ def read_yaml_file(path: str | Path, what: str) -> Any:
         with p.open("rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
     except OSError as e:
-        raise UserError(f"{what} '{name}' cannot be read ({e.strerror or type(e).__name__})") from None
+        raise UserError(
+            f"{what} '{name}' cannot be read ({e.strerror or type(e).__name__})"
+        ) from None
     if len(raw) > MAX_BYTES:
         raise UserError(f"{what} '{name}' is larger than {MAX_BYTES} bytes; refusing to parse it")
     try:
