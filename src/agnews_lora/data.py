@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import Config
 from .errors import UserError
-from .readers import FORMATS, read_columns  # noqa: F401 - re-exported
+from .readers import read_columns
 from .safe_yaml import clip, show
 
 log = logging.getLogger(__name__)
