@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +19,12 @@ import numpy as np
 
 from .config import Config
 from .errors import UserError
+from .readers import read_columns
+from .safe_yaml import clip, show
 
 log = logging.getLogger(__name__)
 
-FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".pkl": "pickle", ".pickle": "pickle"}
+ROWS = "rows are numbered from 1, not counting a header"
 
 
 @dataclass
@@ -42,95 +44,89 @@ class Table:
 
 
 # ---------------------------------------------------------------------------------------------
-# reading
-
-
-def _check_utf8(path: Path) -> None:
-    with path.open("rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                raise UserError(f"'{path}' is not UTF-8 text (first bad byte on line {lineno}); re-save it as UTF-8") from None
-
-
-def read_columns(path: str | Path, trust_pickle: bool = False) -> dict[str, list]:
-    """Read a CSV / TSV / JSON(L) / Parquet file (or, if trusted, a pickled ``datasets.Dataset``)."""
-    import datasets
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file '{path}' not found")
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise UserError(f"data file '{path}': unsupported extension '{path.suffix}' (use .csv, .tsv, .jsonl, .json, .parquet or .pkl)")
-    if fmt == "pickle":
-        return _read_pickle(path, trust_pickle)
-    if fmt in ("csv", "json"):
-        _check_utf8(path)
-    if path.stat().st_size == 0:
-        raise UserError(f"data file '{path}' is empty")
-    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-    try:
-        ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
-    except Exception as e:  # datasets wraps parser errors in several types
-        cause = e.__cause__ or e
-        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        raise UserError(f"could not read '{path}' as {fmt}: {reason[:200]}") from None
-    return ds.to_dict()
-
-
-def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, list]:
-    if not trust_pickle:
-        raise UserError(
-            f"'{path}' is a pickle, and loading a pickle can run arbitrary code; "
-            "pass --trust-pickle if you trust where it came from"
-        )
-    try:
-        with path.open("rb") as fh:
-            obj = pickle.load(fh)  # noqa: S301 - the user explicitly trusted this file
-    except Exception as e:
-        raise UserError(f"could not unpickle '{path}': {type(e).__name__}: {str(e)[:160]}") from None
-    if hasattr(obj, "to_dict") and hasattr(obj, "column_names"):  # datasets.Dataset
-        return obj.to_dict()
-    if hasattr(obj, "to_dict") and hasattr(obj, "columns"):  # pandas.DataFrame
-        return {c: obj[c].tolist() for c in obj.columns}
-    if isinstance(obj, dict):
-        return {k: list(v) for k, v in obj.items()}
-    raise UserError(f"'{path}' holds a {type(obj).__name__}; expected a datasets.Dataset, a DataFrame or a dict of columns")
-
-
-# ---------------------------------------------------------------------------------------------
 # validation
 
 
+def _as_text(value) -> str | None:
+    """A cell as text: strings as they are, numbers in their string form, missing as None."""
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _texts(cols: dict[str, list], where: str) -> list[str]:
+    """Texts by the rule: a cell that is a string or a number is text (a number in its string
+    form); an empty, whitespace-only or missing cell is "empty"; anything else is an error."""
     if "text" in cols:
-        texts = cols["text"]
+        parts = [cols["text"]]
     elif "title" in cols and "description" in cols:
-        texts = [f"{t or ''} {d or ''}".strip() for t, d in zip(cols["title"], cols["description"])]
+        parts = [cols["title"], cols["description"]]
     else:
-        raise UserError(f"{where} has no 'text' column (nor 'title' + 'description'); columns found: {', '.join(cols) or 'none'}")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        raise UserError(
+            f"{where} has no 'text' column (nor 'title' + 'description'); "
+            f"columns found: {clip(', '.join(map(str, cols)) or 'none', 200)}"
+        )
+    texts, bad = [], []
+    for i, cells in enumerate(zip(*parts)):
+        try:
+            pieces = [_as_text(c) for c in cells]
+        except TypeError as e:
+            raise UserError(
+                f"{where}: row {i + 1} has a text that is a {e}, not a string ({ROWS})"
+            ) from None
+        text = (
+            " ".join(p for p in pieces if p is not None).strip() if len(pieces) > 1 else pieces[0]
+        )
+        if text is None or not text.strip():
+            bad.append(i)
+        elif not _encodable(text):
+            raise UserError(
+                f"{where}: row {i + 1} has a text that is not valid Unicode (a lone "
+                f"surrogate such as \\ud800 in JSON; {ROWS})"
+            )
+        texts.append(text)
     if bad:
-        raise UserError(f"{where}: {len(bad)} row(s) have an empty or missing text (first at row {bad[0]}); remove or fill them")
-    return list(texts)
+        raise UserError(
+            f"{where}: {len(bad)} row(s) have an empty or missing text (first at row "
+            f"{bad[0] + 1}; {ROWS}); remove or fill them"
+        )
+    return texts
 
 
 def _labels(values: list, names: list[str], where: str) -> np.ndarray:
     lookup = {str(n).lower(): i for i, n in enumerate(names)}
     out = np.empty(len(values), dtype=np.int64)
     for i, v in enumerate(values):
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            v = int(v)
         if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
             idx = int(v)
-        elif isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        elif isinstance(v, str) and v.strip().lstrip("+-").isdigit() and len(v) < 20:
             idx = int(v.strip())
         elif isinstance(v, str) and v.strip().lower() in lookup:
             idx = lookup[v.strip().lower()]
         else:
-            raise UserError(f"{where}: row {i} has label {v!r}, which is not one of {names} nor an id 0..{len(names) - 1}")
+            raise UserError(
+                f"{where}: row {i + 1} has label {show(v)}, which is not one of "
+                f"{names} nor an id 0..{len(names) - 1} ({ROWS})"
+            )
         if not 0 <= idx < len(names):
-            raise UserError(f"{where}: row {i} has label {idx}, outside the label set 0..{len(names) - 1} ({', '.join(names)})")
+            raise UserError(
+                f"{where}: row {i + 1} has label {idx}, outside the label set "
+                f"0..{len(names) - 1} ({', '.join(names)}; {ROWS})"
+            )
         out[i] = idx
     return out
 
@@ -148,7 +144,9 @@ def to_table(cols: dict[str, list], names: list[str], where: str, require_labels
     return Table(texts, labels, where)
 
 
-def read_table(path: str | Path, names: list[str], require_labels: bool = True, trust_pickle: bool = False) -> Table:
+def read_table(
+    path: str | Path, names: list[str], require_labels: bool = True, trust_pickle: bool = False
+) -> Table:
     return to_table(read_columns(path, trust_pickle), names, f"'{path}'", require_labels)
 
 
@@ -156,7 +154,9 @@ def read_table(path: str | Path, names: list[str], require_labels: bool = True, 
 # splits
 
 
-def stratified_split(table: Table, size: float, seed: int, names: tuple[str, str]) -> tuple[Table, Table]:
+def stratified_split(
+    table: Table, size: float, seed: int, names: tuple[str, str]
+) -> tuple[Table, Table]:
     """Seeded stratified split; ``size`` < 1 is a fraction, >= 1 a row count."""
     from sklearn.model_selection import train_test_split
 
@@ -164,10 +164,15 @@ def stratified_split(table: Table, size: float, seed: int, names: tuple[str, str
     count = int(round(size * n)) if size < 1 else int(size)
     n_classes = len(np.unique(table.labels))
     if count < n_classes or n - count < n_classes:
-        raise UserError(f"cannot carve {count} of {n} rows for '{names[1]}' with {n_classes} classes; adjust the split size")
+        raise UserError(
+            f"cannot carve {count} of {n} rows for '{names[1]}' with {n_classes} classes; "
+            "adjust the split size"
+        )
     idx = np.arange(n)
     try:
-        keep, held = train_test_split(idx, test_size=count, random_state=seed, stratify=table.labels)
+        keep, held = train_test_split(
+            idx, test_size=count, random_state=seed, stratify=table.labels
+        )
     except ValueError:  # a class too small to stratify
         keep, held = train_test_split(idx, test_size=count, random_state=seed)
     return table.subset(np.sort(keep), names[0]), table.subset(np.sort(held), names[1])
@@ -181,7 +186,8 @@ def _hub_dataset(cfg: Config):
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(
-            f"could not load dataset '{cfg.data.dataset}' from the Hugging Face Hub ({reason[:160]}); "
+            f"could not load dataset '{cfg.data.dataset}' from the Hugging Face Hub "
+            f"({reason[:160]}); "
             "set data.train_file to a local file or use --config configs/offline-minilm.yaml"
         ) from None
 
@@ -201,7 +207,7 @@ def _local_train_and_test(cfg: Config) -> tuple[Table, Table | None]:
 
 
 def load_splits(cfg: Config) -> dict[str, Table]:
-    """train + validation (carved from train, stratified and seeded).  The test split is not loaded."""
+    """train + validation (carved from train, stratified and seeded). Test split not loaded."""
     d = cfg.data
     if d.train_file:
         train, _ = _local_train_and_test(cfg)
@@ -215,7 +221,8 @@ def load_splits(cfg: Config) -> dict[str, Table]:
 
 
 def load_test_split(cfg: Config, data_file: str | None = None, trust_pickle: bool = False) -> Table:
-    """The split `evaluate` scores: --data FILE, the run's test file/carved rows, or the Hub test split."""
+    """The split `evaluate` scores: --data FILE, the run's test file or carved rows, or the Hub
+    test split."""
     d = cfg.data
     if data_file:
         table = read_table(data_file, d.label_names, require_labels=True, trust_pickle=trust_pickle)
@@ -224,7 +231,10 @@ def load_test_split(cfg: Config, data_file: str | None = None, trust_pickle: boo
     if d.train_file:
         _, test = _local_train_and_test(cfg)
         if test is None:
-            raise UserError("this run trained on a local file without data.test_file or data.test_size: pass --data FILE to evaluate")
+            raise UserError(
+                "this run trained on a local file without data.test_file or data.test_size: "
+                "pass --data FILE to evaluate"
+            )
         test.name = "test"
         return test
     table = _hub_table(_hub_dataset(cfg)["test"], d.label_names, "test")
@@ -253,7 +263,9 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         spec = json.loads(backend.to_str())
-        spec.pop("truncation", None)  # runtime state that the last call left behind, not the tokenizer
+        spec.pop(
+            "truncation", None
+        )  # runtime state that the last call left behind, not the tokenizer
         spec.pop("padding", None)
         blob = json.dumps(spec, sort_keys=True)
     else:
@@ -262,7 +274,8 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 
 
 def encode(table: Table, tokenizer, max_length: int, cache_dir: str | None = None) -> Encoded:
-    """Tokenise once; with ``cache_dir`` a second call with the same texts and tokenizer reads the cache."""
+    """Tokenise once; with ``cache_dir``, a later call with the same texts and tokenizer reads
+    the cache."""
     key = None
     if cache_dir:
         h = hashlib.sha256()
@@ -276,7 +289,7 @@ def encode(table: Table, tokenizer, max_length: int, cache_dir: str | None = Non
             try:
                 with np.load(key) as z:
                     flat, offsets = z["flat"], z["offsets"]
-                ids = [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+                ids = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
                 if len(ids) == len(table):
                     log.debug("tokenised %s from cache %s", table.name, key)
                     return Encoded(ids, table.labels)

@@ -21,10 +21,9 @@ import re
 import time
 from pathlib import Path
 
-import yaml
-
 from .config import Config, config_from_dict
 from .errors import UserError
+from .safe_yaml import read_yaml_file
 
 
 def write_json(path: str | Path, data) -> None:
@@ -82,9 +81,11 @@ def load_run_config(run_dir: str | Path) -> Config:
     if not cfg_path.is_file():
         raise UserError(f"'{run_dir}' is not an agnews-lora run directory (no config.yaml)")
     try:
-        return config_from_dict(yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {})
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise UserError(f"'{cfg_path}' is corrupt (not valid YAML); the run directory cannot be used") from None
+        data = read_yaml_file(cfg_path, "run config")
+    except UserError as e:
+        raise UserError(f"'{cfg_path}' is corrupt; the run directory cannot be used ({e})") from None
+    try:
+        return config_from_dict({} if data is None else data)
     except UserError as e:
         raise UserError(f"'{cfg_path}' does not match this version of agnews-lora: {e}") from None
 

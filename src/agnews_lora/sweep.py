@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import Config, load_config, read_yaml
+from .config import Config, load_config, parse_override, read_yaml
 from .errors import TrainingInterrupted, UserError
 from .sweep_report import table, write_reports
 
@@ -64,11 +62,8 @@ def _pairs(value: Any, where: str) -> dict[str, Any]:
         for item in value:
             if "=" not in item:
                 raise UserError(f"{where}: expected KEY=VALUE, got '{item}'")
-            key, raw = item.split("=", 1)
-            try:
-                out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-            except yaml.YAMLError:
-                raise UserError(f"{where}: value of '{key.strip()}' is not valid YAML: '{raw}'") from None
+            key, value = parse_override(item)  # the bounded YAML loader of --set
+            out[key] = value
     else:
         raise UserError(f"{where} must be a mapping of config keys to values (or a list of KEY=VALUE strings)")
     for key in out:
