@@ -1,29 +1,27 @@
-"""`agnews-lora serve RUN_DIR`: an HTTP inference service (FastAPI + uvicorn) with micro-batching.
+"""The HTTP application of `agnews-lora serve`: endpoints, request validation and limits.
 
 Endpoints: ``POST /v1/classify``, ``GET /v1/info``, ``GET /health``, plus FastAPI's own
-``/openapi.json`` and ``/docs``.  The model is loaded and warmed up before the port opens;
-concurrent requests are gathered by :class:`agnews_lora.batcher.MicroBatcher` into one batch that
-runs in a worker thread, sorted by length and cut into a few padded forward passes
-(:func:`agnews_lora.batcher.plan_forwards`).  Every error is a JSON body
-``{"error": {"code": ..., "message": ...}}`` with a 4xx/5xx status.
+``/openapi.json`` and ``/docs``.  Concurrent requests are gathered by
+:class:`agnews_lora.serve.batcher.MicroBatcher` into one batch that runs in a worker thread through
+`Predictor.classify` (sorted by length, cut into a few padded forward passes by
+`batching.plan_batches`).  Every error is a JSON body ``{"error": {"code": ..., "message": ...}}``
+with a 4xx/5xx status.
 
-FastAPI and uvicorn are imported only when serving, so the rest of the CLI does not pay for them.
+FastAPI is imported only when serving, so the rest of the CLI does not pay for it.
 No ``from __future__ import annotations`` here: FastAPI resolves the handlers' annotations at runtime.
 """
 
 import json
 import logging
 import os
-import socket
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from . import __version__
+from .. import __version__
 from .batcher import MicroBatcher, Overloaded, ShuttingDown
-from .errors import UserError
-from .serve_model import TEST_HOOKS_ENV, default_threads, default_workers, make_batch_fn, warm_up
+from .model import default_workers
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +34,8 @@ class ServeOptions:
     max_body_bytes: int = 1_048_576
     max_queue_texts: int = 4096
     batching: bool = True
-    workers: int = 0  # 0 = auto (serve_model.default_workers): 2 on a CPU with 2+ cores, 1 on a GPU
+    workers: int = 0  # 0 = auto (serve.model.default_workers): 2 on a CPU with 2+ cores, 1 on a GPU
+    read_timeout_s: float = 10.0  # a whole request (headers + body) must arrive within this time
 
 
 class ApiError(Exception):
@@ -80,7 +79,13 @@ def parse_texts(payload, max_texts: int) -> list[str]:
         if not isinstance(t, str):
             raise ApiError(422, "invalid_text", f"{name} must be a string, got {_json_type(t)}")
         if not t.strip():
-            raise ApiError(422, "invalid_text", f"{name} is empty; every text needs at least one non-space character")
+            raise ApiError(422, "invalid_text",
+                           f"{name} is empty; every text needs at least one non-space character")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:  # JSON can spell a lone UTF-16 surrogate ("\\ud800"); UTF-8 cannot
+            raise ApiError(422, "invalid_text",
+                           f"{name} is not valid Unicode (it holds a lone UTF-16 surrogate)") from None
     return texts
 
 
@@ -164,6 +169,17 @@ def _schemas(max_texts: int):
     return ClassifyRequest, ClassifyResponse, ErrorResponse
 
 
+def public_model_name(name_or_path: str | None) -> str | None:
+    """A model's name without where it lies on this machine: a Hub id or ``package:...`` as given,
+    a local directory by its last component."""
+    if not name_or_path:
+        return name_or_path
+    local = (os.path.isabs(name_or_path) or name_or_path.startswith((".", "~"))
+             or os.path.exists(name_or_path))
+    return Path(name_or_path.rstrip("/\\")).name if local and not name_or_path.startswith("package:") \
+        else name_or_path
+
+
 def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path = ""):
     """The FastAPI application around a loaded (and warmed-up) ``Predictor``."""
     from fastapi import FastAPI, Request
@@ -220,6 +236,9 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ApiError(400, "malformed_json", "the request body is nested too deeply; expected "
+                           "an object of texts") from None
         texts = parse_texts(payload, options.max_texts)
         try:
             results = await batcher.submit(texts)
@@ -241,7 +260,7 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
     summary = getattr(predictor, "summary", {}) or {}
     params, best = summary.get("params", {}), summary.get("best", {})
     info = {
-        "run": Path(run_dir).name, "base_model": summary.get("base_model"),
+        "run": Path(run_dir).name, "base_model": public_model_name(summary.get("base_model")),
         "labels": list(predictor.label_names), "max_length": predictor.max_length,
         "parameters": {k: params.get(k) for k in ("trainable", "total", "lora", "head")},
         "validation_accuracy": best.get("val_accuracy"),
@@ -255,103 +274,3 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
         return {**info, "stats": batcher.stats_dict()}
 
     return app
-
-
-# CLI ------------------------------------------------------------------------------------------
-
-
-def register_cli(sub) -> None:
-    s = sub.add_parser("serve", help="serve a finished run over HTTP (POST /v1/classify) with micro-batching")
-    s.add_argument("run_dir", help="a finished run directory (runs/<name>, with merged/ and summary.json)")
-    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
-    s.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port; default 8000)")
-    d = ServeOptions()
-    s.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
-                   help="texts per micro-batch (run as one or a few length-sorted forward passes)")
-    s.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
-                   help="how long the oldest queued request waits for others to join its batch")
-    s.add_argument("--max-texts", type=int, default=d.max_texts, help="texts per request")
-    s.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="request body size cap")
-    s.add_argument("--max-queue-texts", type=int, default=d.max_queue_texts,
-                   help="queued texts before new requests get 503 (back-pressure)")
-    s.add_argument("--no-batching", action="store_true", help="one request per forward pass (baseline)")
-    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="inference precision (auto: bf16 where the CPU/GPU runs it fast)")
-    s.add_argument("--quantize", choices=["int8"], help="serve the dynamically int8-quantised model (CPU)")
-    s.add_argument("--workers", type=int, default=d.workers,
-                   help="micro-batches that may run at the same time, each in its own thread "
-                        "(default 0 = auto: 2 on a CPU with 2+ cores, 1 on a GPU)")
-    s.add_argument("--threads", type=int,
-                   help="torch intra-op threads per worker (default: torch's choice minus one, leaving a core "
-                        "for HTTP, shared out among the workers)")
-    s.add_argument("--graceful-timeout", type=float, default=30.0,
-                   help="seconds to let in-flight requests finish after SIGTERM / Ctrl-C")
-    s.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
-    s.set_defaults(func=cmd_serve)
-
-
-def _check_options(args) -> ServeOptions:
-    for name, low in (("max_batch_size", 1), ("max_texts", 1), ("max_body_bytes", 64), ("max_queue_texts", 1)):
-        if getattr(args, name) < low:
-            raise UserError(f"--{name.replace('_', '-')} must be at least {low}")
-    if not 0 <= args.max_wait_ms <= 1000:
-        raise UserError("--max-wait-ms must be between 0 and 1000")
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port {args.port} is not a TCP port (0-65535)")
-    if args.threads is not None and args.threads < 1:
-        raise UserError("--threads must be at least 1")
-    if args.workers < 0:
-        raise UserError("--workers must be at least 1 (or 0 for the automatic choice)")
-    return ServeOptions(args.max_batch_size, args.max_wait_ms, args.max_texts, args.max_body_bytes,
-                        max(args.max_queue_texts, args.max_texts), not args.no_batching, args.workers)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, addr = infos[0]
-        sock = socket.socket(family, kind, proto)  # proto=TCP, else asyncio leaves Nagle on (40 ms stalls)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(2048)  # connections queue from now on, until uvicorn starts accepting them
-    except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    return sock
-
-
-def cmd_serve(args) -> int:
-    from .runs import load_finished_run
-
-    options = _check_options(args)
-    load_finished_run(args.run_dir)  # the same one-line error as Predictor.from_run, before torch is imported
-    try:
-        import uvicorn
-    except ImportError:
-        raise UserError("serving needs fastapi and uvicorn: pip install fastapi uvicorn") from None
-    import torch
-
-    from .prediction import Predictor
-
-    predictor = Predictor.from_run(args.run_dir, batch_size=options.max_batch_size, precision=args.precision,
-                                   quantize=args.quantize)
-    options.workers = options.workers or default_workers(predictor.device.type)
-    torch.set_num_threads(args.threads or default_threads(torch.get_num_threads(), options.workers))
-    batch_fn = make_batch_fn(predictor)
-    if os.environ.get(TEST_HOOKS_ENV) == "1":
-        log.warning("test hooks are enabled (%s=1): do not use this in production", TEST_HOOKS_ENV)
-    seconds = warm_up(batch_fn, predictor, options.max_batch_size)
-    app = create_app(predictor, batch_fn, options, args.run_dir)
-    sock = _bind(args.host, args.port)
-    host, port = sock.getsockname()[:2]
-    threads, workers = torch.get_num_threads(), options.workers
-    shown = f"[{host}]" if ":" in host else host
-    batching = (f"micro-batching up to {options.max_batch_size} texts, {options.max_wait_ms:g} ms wait"
-                if options.batching else "no batching (one request per forward)")
-    print(f"serving {args.run_dir} on http://{shown}:{port}  ({predictor.precision}"
-          f"{', int8' if args.quantize else ''} on {predictor.device}, {workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}; {batching};"
-          f" warm-up {seconds:.2f} s)  docs: http://{shown}:{port}/docs", flush=True)
-    config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", access_log=args.access_log,
-                            timeout_graceful_shutdown=args.graceful_timeout, lifespan="on", server_header=False)
-    server = uvicorn.Server(config)
-    server.run(sockets=[sock])  # returns after a graceful shutdown; a caught SIGTERM / SIGINT is then re-raised
-    return 0

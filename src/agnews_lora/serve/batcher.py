@@ -27,29 +27,6 @@ from typing import Callable, Sequence
 log = logging.getLogger(__name__)
 
 
-def plan_forwards(lengths: Sequence[int], max_rows: int, overhead_tokens: int = 64, multiple: int = 16) -> list[tuple[int, int]]:
-    """Cut texts sorted by length (longest first) into forward passes of at most ``max_rows`` rows.
-
-    Minimises padded tokens + ``overhead_tokens`` per forward pass (dynamic programming over the
-    sorted order), so that one long text does not make 31 short ones pad to its length.  Returns
-    ``(start, stop)`` slices of the sorted order.
-    """
-    n = len(lengths)
-    padded = [-(-int(x) // multiple) * multiple for x in lengths]
-    best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(max(0, j - max_rows), j):
-            cost = best[i] + overhead_tokens + (j - i) * padded[i]  # row i is the longest of i..j-1
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    slices, j = [], n
-    while j > 0:
-        slices.append((cut[j], j))
-        j = cut[j]
-    return slices[::-1]
-
-
 class Overloaded(Exception):
     """The queue already holds ``max_queue_texts`` texts: the caller should retry later."""
 
