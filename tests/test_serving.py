@@ -1,71 +1,33 @@
 """`agnews-lora serve`: the real server in a subprocess on a free loopback port, spoken to over HTTP.
 
-The server runs with AGNEWS_LORA_SERVE_TEST_HOOKS=1: a text "__sleep:<ms>__" makes its batch sleep first
+The server runs through `helpers.serve_with_faults`: a text "__sleep:<ms>__" makes its batch sleep first
 (to hold the worker deterministically) and "__raise__" makes its batch raise.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from agnews_lora.tiny import synthetic_rows
+from helpers import ServerProcess
 
 MAX_TEXTS, MAX_BODY, MAX_BATCH, MAX_QUEUE = 8, 4096, 16, 64
+READ_TIMEOUT = 2  # seconds the main server gives a client to send a whole request
 # one pooled client for every request (thread-safe; a new httpx.Client per call costs ~40 ms of TLS set-up)
 HTTP = httpx.Client(timeout=30, verify=False, limits=httpx.Limits(max_connections=100, max_keepalive_connections=100))
-
-
-class ServerProcess:
-    """`python -m agnews_lora serve` on port 0 in a subprocess; `ready()` waits for /health; always `stop()` it."""
-
-    def __init__(self, run_dir, tmp_path, *extra: str):
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "AGNEWS_LORA_SERVE_TEST_HOOKS": "1"}
-        self.err_path = tmp_path / f"server-{time.monotonic_ns()}.err"
-        with self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agnews_lora", "serve", str(run_dir), "--host", "127.0.0.1", "--port", "0",
-                 "--threads", "1", "--precision", "fp32", *extra],
-                stdout=subprocess.PIPE, stderr=err, env=env, text=True)
-        self.url = None
-
-    def ready(self, timeout: float = 120.0) -> "ServerProcess":
-        deadline = time.monotonic() + timeout
-        while self.url is None and time.monotonic() < deadline and self.proc.poll() is None:
-            if select.select([self.proc.stdout], [], [], 0.5)[0]:
-                m = re.search(r"http://127\.0\.0\.1:(\d+)", self.proc.stdout.readline())
-                self.url = f"http://127.0.0.1:{m.group(1)}" if m else None
-        assert self.url, f"server did not start (rc={self.proc.poll()}): {self.err_path.read_text()[-2000:]}"
-        while time.monotonic() < deadline:
-            try:
-                if HTTP.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"/health never became ready: {self.err_path.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        self.proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +39,8 @@ def servers(trained_run, tmp_path_factory):
     try:
         started.append(ServerProcess(trained_run, tmp, "--max-texts", str(MAX_TEXTS), "--max-body-bytes",
                                      str(MAX_BODY), "--max-batch-size", str(MAX_BATCH), "--max-wait-ms", "20",
-                                     "--max-queue-texts", str(MAX_QUEUE), "--workers", "1"))
+                                     "--max-queue-texts", str(MAX_QUEUE), "--workers", "1",
+                                     "--read-timeout", str(READ_TIMEOUT)))
         started.append(ServerProcess(trained_run, tmp, "--no-batching", "--workers", "1"))
         started.append(ServerProcess(trained_run, tmp, "--workers", "2", "--max-batch-size", str(MAX_BATCH),
                                      "--max-wait-ms", "20"))
@@ -136,9 +99,13 @@ def assert_matches_predictor(results, batch, predictor):
 
 def test_health_info_and_openapi(server, trained_run, predictor):
     assert HTTP.get(f"{server}/health").json() == {"status": "ok"}
-    info = HTTP.get(f"{server}/v1/info").json()
+    r = HTTP.get(f"{server}/v1/info")
+    info = r.json()
     s = predictor.summary
-    assert info["base_model"] == s["base_model"]
+    assert info["base_model"] == Path(s["base_model"]).name == "model"  # the tiny model's folder
+    assert info["run"] == "tiny-run"
+    assert str(Path(s["base_model"]).parent) not in r.text and str(trained_run) not in r.text  # no paths
+    assert info["serving"]["read_timeout_s"] == READ_TIMEOUT
     assert info["labels"] == predictor.label_names
     assert info["parameters"]["trainable"] == s["params"]["trainable"] > 0
     assert info["parameters"]["total"] == s["params"]["total"] > info["parameters"]["trainable"]
@@ -184,18 +151,6 @@ def test_keep_alive_responses_are_not_delayed(server):
     assert sorted(times)[4] < 0.03  # Nagle + delayed ACKs would add ~40 ms to each reuse of a connection
 
 
-def test_plan_forwards_sorts_rows_into_few_passes_with_little_padding():
-    from agnews_lora.batcher import plan_forwards
-
-    lengths = [128, 100] + [20] * 30  # sorted, longest first
-    plan = plan_forwards(lengths, 16)
-    assert [i for a, b in plan for i in range(a, b)] == list(range(len(lengths)))
-    assert all(0 < b - a <= 16 for a, b in plan)
-    padded = sum((b - a) * -(-lengths[a] // 16) * 16 for a, b in plan)
-    assert padded < len(lengths) * 128 / 3  # one padded batch would cost 32 x 128 tokens
-    assert plan_forwards([50] * 8, 16) == [(0, 8)] and plan_forwards([], 4) == []
-
-
 # ---------------------------------------------------------------------------------------------
 # bad input: 4xx with a JSON error that says what is wrong; the server keeps serving
 
@@ -230,6 +185,12 @@ BAD_INPUTS = {
                        f"limit {MAX_BODY} bytes"),
     "chunked body too large": (lambda u: _raw(u, iter([b'{"text": "' + b"x" * 3000, b"y" * 3000 + b'"}'])), 413,
                                "body_too_large", f"limit {MAX_BODY} bytes"),
+    "deeply nested JSON": (lambda u: _raw(u, b'{"texts": ' + b"[" * 2000 + b"]" * 2000 + b"}"),
+                           400, "malformed_json", "nested too deeply"),
+    "lone surrogate": (lambda u: _raw(u, b'{"text": "abc \\ud800 def"}'), 422, "invalid_text",
+                       "'text' is not valid Unicode (it holds a lone UTF-16 surrogate)"),
+    "lone surrogate in list": (lambda u: _raw(u, b'{"texts": ["ok", "\\udfff"]}'), 422, "invalid_text",
+                               "texts[1] is not valid Unicode"),
     "wrong method": (lambda u: HTTP.get(f"{u}/v1/classify"), 405, "method_not_allowed", "Method Not Allowed"),
     "unknown path": (lambda u: HTTP.post(f"{u}/v1/clasify", json={"text": "a"}), 404, "not_found", "Not Found"),
 }
@@ -252,6 +213,66 @@ def test_exact_limits_are_accepted(server):
     body = b'{"text": "' + b"w " * ((MAX_BODY - 12) // 2) + b'"}'
     assert len(body) <= MAX_BODY
     assert _raw(server, body).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# slow clients: a whole request must arrive within --read-timeout, else 408 and the connection closes
+
+
+def _trickle(port: int, head: bytes, limit: float = 3 * READ_TIMEOUT + 5) -> tuple[float | None, bytes]:
+    """Send ``head``, then one byte every 0.2 s; (seconds until the server closed, what it sent),
+    or (None, ...) if it still held the connection after ``limit`` seconds."""
+    t0, got = time.monotonic(), b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        while time.monotonic() - t0 < limit:
+            if select.select([sock], [], [], 0.2)[0]:
+                try:
+                    chunk = sock.recv(4096)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    return time.monotonic() - t0, got
+                got += chunk
+                continue
+            try:
+                sock.sendall(b"x")
+            except OSError:  # closed under us
+                return time.monotonic() - t0, got
+    return None, got
+
+
+SLOW_CLIENTS = {
+    "slow headers": b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+    "slow body": b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{\"text\": \"",
+    "silent connection": b"",
+}
+
+
+@pytest.mark.parametrize("case", list(SLOW_CLIENTS))
+def test_slow_client_is_dropped_after_the_read_timeout(servers, case):
+    main = servers["main"]
+    head = SLOW_CLIENTS[case]
+    if case == "silent connection":  # connects, then sends nothing at all
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", main.port), timeout=3 * READ_TIMEOUT + 5) as sock:
+            got = sock.recv(4096)
+            while got and not got.endswith(b"}"):
+                got += sock.recv(4096)
+            seconds = time.monotonic() - t0
+    else:
+        seconds, got = _trickle(main.port, head)
+    assert seconds is not None, "the server held a slow client's connection open"
+    assert READ_TIMEOUT - 0.5 < seconds < READ_TIMEOUT + 3
+    assert got.startswith(b"HTTP/1.1 408 ") and b'"code": "request_timeout"' in got
+    assert classify(main.url, {"text": "still serving"}).status_code == 200
+
+
+def test_a_slow_app_is_not_a_slow_client(servers):
+    """The read timeout covers only the arrival of a request: a batch that takes longer still answers."""
+    r = classify(servers["main"].url, {"text": f"__sleep:{(READ_TIMEOUT + 1) * 1000}__"})
+    assert r.status_code == 200
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +423,7 @@ def test_lone_request_is_not_held_back_but_concurrent_ones_are_gathered():
     import asyncio
     import time
 
-    from agnews_lora.batcher import MicroBatcher
+    from agnews_lora.serve.batcher import MicroBatcher
 
     calls = []
 
@@ -433,7 +454,7 @@ def test_workers_share_the_queue_and_run_batches_concurrently():
     every caller gets its own results, and stop() waits for the batches in flight."""
     import asyncio
 
-    from agnews_lora.batcher import MicroBatcher
+    from agnews_lora.serve.batcher import MicroBatcher
 
     lock, running, most, calls = threading.Lock(), [0], [0], []
 
@@ -467,8 +488,8 @@ def test_python_api_resolves_automatic_workers(predictor):
     """`create_app` with the default options (workers 0 = auto) works as documented in docs/serving.md."""
     from fastapi.testclient import TestClient
 
-    from agnews_lora.serve_model import default_threads, default_workers, make_batch_fn
-    from agnews_lora.serving import ServeOptions, create_app
+    from agnews_lora.serve.app import ServeOptions, create_app
+    from agnews_lora.serve.model import default_threads, default_workers, make_batch_fn
 
     assert [default_workers("cpu", n) for n in (1, 2, 16)] == [1, 2, 2]
     assert default_workers("cuda", 16) == 1
@@ -483,7 +504,7 @@ def test_python_api_resolves_automatic_workers(predictor):
 def test_a_bug_in_a_batch_task_fails_its_callers_instead_of_leaving_them_waiting():
     import asyncio
 
-    from agnews_lora.batcher import MicroBatcher
+    from agnews_lora.serve.batcher import MicroBatcher
 
     async def scenario():
         b = MicroBatcher(lambda texts: [t.upper() for t in texts], max_batch_size=8, max_wait_ms=0, workers=2)
