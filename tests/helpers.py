@@ -55,9 +55,25 @@ class ServerProcess:
         self.err_path = Path(tmp_path) / f"server-{time.monotonic_ns()}.err"
         with self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, __file__, str(run_dir), "--host", "127.0.0.1", "--port", "0",
-                 "--threads", "1", "--precision", "fp32", *extra],
-                stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+                [
+                    sys.executable,
+                    __file__,
+                    str(run_dir),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--threads",
+                    "1",
+                    "--precision",
+                    "fp32",
+                    *extra,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
+                text=True,
+            )
         self.url: str | None = None
         self.port: int | None = None
 
@@ -72,8 +88,9 @@ class ServerProcess:
                     self.port = int(m.group(1))
                     self.url = f"http://127.0.0.1:{self.port}"
         if not self.url:
-            raise AssertionError(f"server did not start (rc={self.proc.poll()}): "
-                                 f"{self.err_path.read_text()[-2000:]}")
+            raise AssertionError(
+                f"server did not start (rc={self.proc.poll()}): {self.err_path.read_text()[-2000:]}"
+            )
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:

@@ -6,9 +6,9 @@ import pickle
 from pathlib import Path
 
 import pytest
+from conftest import tiny_overrides
 
 from agnews_lora.cli import main
-from conftest import tiny_overrides
 
 
 def _sets(items: list[str]) -> list[str]:

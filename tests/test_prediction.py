@@ -10,15 +10,23 @@ from agnews_lora.tiny import synthetic_rows
 def test_bf16_predictor_stores_the_whole_model_in_bf16_and_agrees_with_fp32(trained_run):
     fp32 = Predictor.from_run(trained_run, precision="fp32")
     bf16 = Predictor.from_run(trained_run, precision="bf16")
-    assert fp32.model.dtype == torch.float32 and all(p.dtype == torch.float32 for p in fp32.model.parameters())
-    assert all(p.dtype == torch.bfloat16 for p in bf16.model.parameters())  # LayerNorm and embeddings too
+    assert fp32.model.dtype == torch.float32 and all(
+        p.dtype == torch.float32 for p in fp32.model.parameters()
+    )
+    assert all(
+        p.dtype == torch.bfloat16 for p in bf16.model.parameters()
+    )  # LayerNorm and embeddings too
     assert not any(p.requires_grad for p in bf16.model.parameters())
-    assert bf16.precision_context().__class__.__name__ == "nullcontext"  # no autocast around a bf16 model
+    assert (
+        bf16.precision_context().__class__.__name__ == "nullcontext"
+    )  # no autocast around a bf16 model
     texts = [t for t, _ in synthetic_rows(200, seed=5)]
     a, _ = fp32.logits(texts)
     b, _ = bf16.logits(texts)
     assert b.dtype == np.float32 and a.shape == b.shape
-    assert np.abs(a - b).max() < 0.1 * max(1.0, np.abs(a).max())  # bf16 rounding, not a different model
+    assert np.abs(a - b).max() < 0.1 * max(
+        1.0, np.abs(a).max()
+    )  # bf16 rounding, not a different model
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.97
 
 
@@ -30,7 +38,9 @@ def _copy_run(trained_run, tmp_path):
     return run
 
 
-def test_label_names_come_from_the_model_and_an_edited_config_is_refused(trained_run, tmp_path, capsys):
+def test_label_names_come_from_the_model_and_an_edited_config_is_refused(
+    trained_run, tmp_path, capsys
+):
     import json
 
     import pytest
@@ -40,7 +50,9 @@ def test_label_names_come_from_the_model_and_an_edited_config_is_refused(trained
     from agnews_lora.errors import UserError
 
     id2label = json.loads((trained_run / "merged" / "config.json").read_text())["id2label"]
-    assert Predictor.from_run(trained_run).label_names == [id2label[str(i)] for i in range(len(id2label))]
+    assert Predictor.from_run(trained_run).label_names == [
+        id2label[str(i)] for i in range(len(id2label))
+    ]
 
     run = _copy_run(trained_run, tmp_path)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -69,7 +81,7 @@ def test_only_the_torch_backend_is_known_for_now(trained_run):
 
 
 class RecordingBackend:
-    """A stand-in backend: logit k is high for a text of k (mod 4) real tokens; records its inputs."""
+    """A stand-in backend: logit k is high for a text of k (mod 4) tokens; records its inputs."""
 
     def __init__(self):
         self.calls = []
@@ -110,7 +122,8 @@ def test_predictor_and_the_training_loops_validation_share_one_path(trained_run)
     p = Predictor.from_run(trained_run, precision="fp32", batch_size=16)
     texts = [t for t, _ in synthetic_rows(100, seed=6)]
     enc, _ = encode_texts(p.tokenizer, texts, p.max_length)
-    idx, via_training = batched_logits(p.model, enc, 16, p.pad_id, "cpu", multiple=8, min_tokens=64,
-                                       max_length=p.max_length)
+    idx, via_training = batched_logits(
+        p.model, enc, 16, p.pad_id, "cpu", multiple=8, min_tokens=64, max_length=p.max_length
+    )
     assert list(idx) == list(range(100))
     np.testing.assert_allclose(p.logits(texts)[0], via_training, atol=1e-5)

@@ -40,53 +40,79 @@ def prepare_for_inference(model, precision: str):
     return model
 
 
-def torch_logits(model, input_ids: np.ndarray, attention_mask: np.ndarray, device,
-                 autocast=contextlib.nullcontext) -> np.ndarray:
+def torch_logits(
+    model,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    device,
+    autocast=contextlib.nullcontext,
+) -> np.ndarray:
     """One forward pass of a transformers classifier under ``inference_mode``; float32 logits."""
     with torch.inference_mode(), autocast():
-        out = model(input_ids=torch.from_numpy(input_ids).to(device),
-                    attention_mask=torch.from_numpy(attention_mask).to(device)).logits
+        out = model(
+            input_ids=torch.from_numpy(input_ids).to(device),
+            attention_mask=torch.from_numpy(attention_mask).to(device),
+        ).logits
     return out.float().cpu().numpy()
 
 
 class TorchBackend:
     """A transformers sequence classifier in eval mode, on ``device``, at ``precision``."""
 
-    def __init__(self, model, precision: str = "auto", device: str | None = None,
-                 quantized: bool = False):
+    def __init__(
+        self, model, precision: str = "auto", device: str | None = None, quantized: bool = False
+    ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.quantized = quantized
         self.precision = "fp32" if quantized else resolve_precision(precision, self.device.type)
         self.model = model.to(self.device).eval()
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, precision: str = "auto", device: str | None = None,
-                        quantize: str | None = None, attn_implementation: str | None = None):
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        precision: str = "auto",
+        device: str | None = None,
+        quantize: str | None = None,
+        attn_implementation: str | None = None,
+    ):
         from transformers import AutoModelForSequenceClassification
 
         if quantize not in (None, "int8"):
             raise UserError(f"unknown quantisation '{quantize}' (supported: int8)")
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, attn_implementation=attn_implementation, dtype=torch.float32)  # precision: below
+            model_dir, attn_implementation=attn_implementation, dtype=torch.float32
+        )  # precision: below
         if quantize == "int8":
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            model = torch.ao.quantization.quantize_dynamic(
+                model, {torch.nn.Linear}, dtype=torch.qint8
+            )
             device = "cpu"
         backend = cls(model, precision, device, quantized=quantize == "int8")
         prepare_for_inference(backend.model, backend.precision)
         return backend
 
     def precision_context(self):
-        """Autocast for a model kept in fp32; nothing for one stored in bf16 (`prepare_for_inference`)."""
+        """Autocast for a model kept in fp32; nothing for one stored in bf16
+        (`prepare_for_inference`)."""
         if self.precision == "fp32" or self.model.dtype == torch.bfloat16:
             return contextlib.nullcontext()
         return autocast_context(self.precision, self.device.type)
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return torch_logits(self.model, input_ids, attention_mask, self.device, self.precision_context)
+        return torch_logits(
+            self.model, input_ids, attention_mask, self.device, self.precision_context
+        )
 
 
-def load_backend(name: str, model_dir: str | Path, precision: str = "auto", device: str | None = None,
-                 quantize: str | None = None, attn_implementation: str | None = None):
+def load_backend(
+    name: str,
+    model_dir: str | Path,
+    precision: str = "auto",
+    device: str | None = None,
+    quantize: str | None = None,
+    attn_implementation: str | None = None,
+):
     """The backend called ``name`` for the merged model in ``model_dir`` (only "torch" for now)."""
     if name not in BACKENDS:
         raise UserError(f"unknown inference backend '{name}' (valid: {', '.join(BACKENDS)})")

@@ -14,7 +14,14 @@ import numpy as np
 import torch
 
 
-def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool, mega: int = 64) -> list[np.ndarray]:
+def train_batches(
+    lengths: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    group_by_length: bool,
+    mega: int = 64,
+) -> list[np.ndarray]:
     """One epoch of training batches (index arrays).
 
     With ``group_by_length``: shuffle, cut into mega-batches of ``mega`` batches, sort
@@ -24,18 +31,20 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, g
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     if not group_by_length:
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     batches = []
     span = batch_size * mega
     for start in range(0, len(order), span):
-        chunk = order[start:start + span]
+        chunk = order[start : start + span]
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
 
 
-def padded_widths(longest: np.ndarray, multiple: int = 8, max_length: int | None = None) -> np.ndarray:
+def padded_widths(
+    longest: np.ndarray, multiple: int = 8, max_length: int | None = None
+) -> np.ndarray:
     """Batch widths for batches whose longest rows are ``longest``: rounded up to ``multiple``,
     never past ``max_length`` (a row of exactly ``max_length`` tokens is never cut)."""
     longest = np.asarray(longest, dtype=np.int64)
@@ -45,8 +54,13 @@ def padded_widths(longest: np.ndarray, multiple: int = 8, max_length: int | None
     return width
 
 
-def plan_batches(lengths: np.ndarray, max_rows: int, multiple: int = 8, overhead_tokens: int = 64,
-                 max_length: int | None = None) -> list[np.ndarray]:
+def plan_batches(
+    lengths: np.ndarray,
+    max_rows: int,
+    multiple: int = 8,
+    overhead_tokens: int = 64,
+    max_length: int | None = None,
+) -> list[np.ndarray]:
     """Inference batches (index arrays into ``lengths``): longest first, at most ``max_rows`` rows.
 
     The one planner of evaluation, prediction, serving and validation.  Rows are sorted by length
@@ -75,13 +89,14 @@ def plan_batches(lengths: np.ndarray, max_rows: int, multiple: int = 8, overhead
         best[j], cut[j] = cost[k], lo + k
     batches, j = [], n
     while j > 0:
-        batches.append(order[cut[j]:j])
+        batches.append(order[cut[j] : j])
         j = int(cut[j])
     return batches[::-1]
 
 
-def pad_ids(ids: list[np.ndarray], pad_id: int, multiple: int = 16,
-            max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pad_ids(
+    ids: list[np.ndarray], pad_id: int, multiple: int = 16, max_length: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(input_ids, attention_mask)`` as int64 arrays: rows padded to the longest, rounded up to
     ``multiple`` (never past ``max_length``)."""
     longest = max(len(x) for x in ids)
@@ -94,7 +109,9 @@ def pad_ids(ids: list[np.ndarray], pad_id: int, multiple: int = 16,
     return input_ids, mask
 
 
-def collate(ids: list[np.ndarray], pad_id: int, multiple: int = 16, max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Pad a list of token-id arrays to the longest, rounded up to ``multiple`` (never past max_length)."""
+def collate(
+    ids: list[np.ndarray], pad_id: int, multiple: int = 16, max_length: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Pad token-id arrays to the longest, rounded up to ``multiple`` (never past max_length)."""
     input_ids, mask = pad_ids(ids, pad_id, multiple, max_length)
     return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}

@@ -106,7 +106,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .prediction import Predictor, check_output, read_texts, softmax, write_submission
+    from .prediction import (
+        Predictor,
+        check_output,
+        read_texts,
+        softmax,
+        write_submission,
+    )
 
     check_output(args.output, args.overwrite, args.input)  # before minutes of work, not after
     predictor = Predictor.from_run(args.run_dir, quantize=args.quantize)

@@ -28,26 +28,41 @@ from .runs import load_finished_run
 
 log = logging.getLogger(__name__)
 
-PAD_MULTIPLE = 8  # no backward pass at inference: a finer shape grid costs little, padding costs every batch
+PAD_MULTIPLE = (
+    8  # no backward pass at inference: a finer shape grid costs little, padding costs every batch
+)
 
 
 def forward_overhead_tokens(device_type: str) -> int:
-    """What one forward pass costs beyond its tokens, in padded tokens (measured: CPU 64, GPU ~2,048)."""
+    """What one forward pass costs beyond its tokens, in padded tokens (CPU 64, GPU ~2,048)."""
     return 64 if device_type == "cpu" else 2048
 
 
-def run_batches(logits_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], encoded: Encoded,
-                indices: np.ndarray, num_labels: int, max_rows: int, pad_id: int, multiple: int,
-                max_length: int | None, overhead_tokens: int, progress: bool = False) -> np.ndarray:
+def run_batches(
+    logits_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    encoded: Encoded,
+    indices: np.ndarray,
+    num_labels: int,
+    max_rows: int,
+    pad_id: int,
+    multiple: int,
+    max_length: int | None,
+    overhead_tokens: int,
+    progress: bool = False,
+) -> np.ndarray:
     """Logits (float32) of ``encoded`` rows ``indices``, in that order, through ``logits_fn``."""
     out = np.zeros((len(indices), num_labels), dtype=np.float32)
-    batches = plan_batches(encoded.lengths[indices], max_rows, multiple, overhead_tokens, max_length)
+    batches = plan_batches(
+        encoded.lengths[indices], max_rows, multiple, overhead_tokens, max_length
+    )
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="predict", unit="batch", leave=False)
     for b in batches:
-        input_ids, mask = pad_ids([encoded.ids[i] for i in indices[b]], pad_id, multiple, max_length)
+        input_ids, mask = pad_ids(
+            [encoded.ids[i] for i in indices[b]], pad_id, multiple, max_length
+        )
         out[b] = logits_fn(input_ids, mask)
     return out
 
@@ -65,17 +80,28 @@ def batched_logits(
     progress: bool = False,
     min_tokens: int = 2048,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (float32) of a torch ``model`` for ``indices`` (default: all rows); the training loop's
-    validation.  Batches as `Predictor`'s: at most ``batch_size`` rows, cut by `plan_batches` with
-    ``min_tokens`` as the per-pass cost.  Returns ``(indices, logits)`` in the order of ``indices``.
+    """Logits (float32) of a torch ``model`` for ``indices`` (default: all rows): the training
+    loop's validation.  Batches as `Predictor`'s: at most ``batch_size`` rows, cut by
+    `plan_batches` with ``min_tokens`` as the per-pass cost.  Returns ``(indices, logits)`` in the
+    order of ``indices``.
     """
     idx = np.arange(len(encoded)) if indices is None else np.asarray(indices)
     num_labels = getattr(model, "module", model).config.num_labels  # DDP wraps .module
     was_training = model.training
     model.eval()
     try:
-        out = run_batches(lambda ids, mask: torch_logits(model, ids, mask, device, autocast), encoded,
-                          idx, num_labels, batch_size, pad_id, multiple, max_length, min_tokens, progress)
+        out = run_batches(
+            lambda ids, mask: torch_logits(model, ids, mask, device, autocast),
+            encoded,
+            idx,
+            num_labels,
+            batch_size,
+            pad_id,
+            multiple,
+            max_length,
+            min_tokens,
+            progress,
+        )
     finally:
         model.train(was_training)
     return idx, out
@@ -100,7 +126,9 @@ def encode_texts(tokenizer, texts: Sequence[str], max_length: int) -> tuple[Enco
     return Encoded(ids, None), truncated
 
 
-def model_label_names(model_dir: str | Path, expected: Sequence[str], run_dir: str | Path) -> list[str]:
+def model_label_names(
+    model_dir: str | Path, expected: Sequence[str], run_dir: str | Path
+) -> list[str]:
     """The label names of the model in ``model_dir`` (its config.json ``id2label``), checked against
     the run's ``data.label_names``: a mismatch would silently relabel every prediction."""
     path = Path(model_dir) / "config.json"
@@ -108,11 +136,15 @@ def model_label_names(model_dir: str | Path, expected: Sequence[str], run_dir: s
         id2label = json.loads(path.read_text(encoding="utf-8")).get("id2label") or {}
         names = [str(id2label[k]) for k in sorted(id2label, key=int)]
     except (OSError, ValueError, AttributeError, TypeError):
-        raise UserError(f"'{path}' is corrupt (no readable id2label); train the run again") from None
+        raise UserError(
+            f"'{path}' is corrupt (no readable id2label); train the run again"
+        ) from None
     expected = [str(n) for n in expected]
     if names != expected:
-        raise UserError(f"run '{run_dir}': config.yaml data.label_names {expected} disagree with the "
-                        f"model's own labels {names} (merged/config.json id2label); restore config.yaml")
+        raise UserError(
+            f"run '{run_dir}': config.yaml data.label_names {expected} disagree with the "
+            f"model's own labels {names} (merged/config.json id2label); restore config.yaml"
+        )
     return names
 
 
@@ -129,8 +161,15 @@ class Predictor:
 
     pad_multiple = PAD_MULTIPLE
 
-    def __init__(self, backend, tokenizer, label_names: Sequence[str], max_length: int,
-                 batch_size: int = 128, overhead_tokens: int | None = None):
+    def __init__(
+        self,
+        backend,
+        tokenizer,
+        label_names: Sequence[str],
+        max_length: int,
+        batch_size: int = 128,
+        overhead_tokens: int | None = None,
+    ):
         self.backend = backend
         self.tokenizer = tokenizer
         self.label_names = [str(n) for n in label_names]
@@ -138,25 +177,49 @@ class Predictor:
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         device = getattr(backend, "device", None)
-        self.overhead_tokens = overhead_tokens if overhead_tokens is not None else \
-            forward_overhead_tokens(getattr(device, "type", "cpu"))
+        self.overhead_tokens = (
+            overhead_tokens
+            if overhead_tokens is not None
+            else forward_overhead_tokens(getattr(device, "type", "cpu"))
+        )
         self.summary: dict = {}
-        self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe from two threads at once
+        self._tokenizer_lock = (
+            threading.Lock()
+        )  # a fast tokenizer is not safe from two threads at once
 
     @classmethod
-    def from_model(cls, model, tokenizer, label_names: Sequence[str], max_length: int,
-                   batch_size: int = 128, precision: str = "auto", device: str | None = None,
-                   quantized: bool = False) -> "Predictor":
+    def from_model(
+        cls,
+        model,
+        tokenizer,
+        label_names: Sequence[str],
+        max_length: int,
+        batch_size: int = 128,
+        precision: str = "auto",
+        device: str | None = None,
+        quantized: bool = False,
+    ) -> "Predictor":
         """A Predictor around an in-memory torch model (`TorchBackend`)."""
         from .backends import TorchBackend
 
-        return cls(TorchBackend(model, precision, device, quantized), tokenizer, label_names,
-                   max_length, batch_size)
+        return cls(
+            TorchBackend(model, precision, device, quantized),
+            tokenizer,
+            label_names,
+            max_length,
+            batch_size,
+        )
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, batch_size: int = 128, precision: str = "auto",
-                 device: str | None = None, quantize: str | None = None,
-                 backend: str = "torch") -> "Predictor":
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        batch_size: int = 128,
+        precision: str = "auto",
+        device: str | None = None,
+        quantize: str | None = None,
+        backend: str = "torch",
+    ) -> "Predictor":
         """The run's ``merged/`` model behind ``backend`` (only "torch" for now)."""
         from transformers import AutoTokenizer
 
@@ -166,14 +229,17 @@ class Predictor:
         if quantize not in (None, "int8"):
             raise UserError(f"unknown quantisation '{quantize}' (supported: int8)")
         try:
-            engine = load_backend(backend, merged, precision, device, quantize,
-                                  cfg.model.attn_implementation)
+            engine = load_backend(
+                backend, merged, precision, device, quantize, cfg.model.attn_implementation
+            )
             tokenizer = AutoTokenizer.from_pretrained(merged)
         except UserError:
             raise
         except Exception as e:
-            raise UserError(f"run '{run_dir}': merged/ model cannot be loaded ({type(e).__name__}: "
-                            f"{str(e)[:120]}); train it again") from None
+            raise UserError(
+                f"run '{run_dir}': merged/ model cannot be loaded ({type(e).__name__}: "
+                f"{str(e)[:120]}); train it again"
+            ) from None
         p = cls(engine, tokenizer, names, cfg.model.max_length, batch_size)
         p.summary = summary
         return p
@@ -208,9 +274,18 @@ class Predictor:
             return np.zeros((0, len(self.label_names)), np.float32), []
         with self._tokenizer_lock:
             encoded, truncated = encode_texts(self.tokenizer, texts, self.max_length)
-        out = run_batches(self.backend.logits, encoded, np.arange(len(texts)), len(self.label_names),
-                          self.batch_size, self.pad_id, self.pad_multiple, self.max_length,
-                          self.overhead_tokens, progress=len(texts) > 20 * self.batch_size)
+        out = run_batches(
+            self.backend.logits,
+            encoded,
+            np.arange(len(texts)),
+            len(self.label_names),
+            self.batch_size,
+            self.pad_id,
+            self.pad_multiple,
+            self.max_length,
+            self.overhead_tokens,
+            progress=len(texts) > 20 * self.batch_size,
+        )
         return out, truncated
 
     def predict_proba(self, texts: Sequence[str] | str) -> np.ndarray:
@@ -226,8 +301,12 @@ class Predictor:
             raise FloatingPointError("the model produced non-finite logits")
         probs = softmax(logits) if len(logits) else logits
         return [
-            {"label": int(p.argmax()), "label_name": self.label_names[int(p.argmax())],
-             "probabilities": {n: float(v) for n, v in zip(self.label_names, p)}, "truncated": t}
+            {
+                "label": int(p.argmax()),
+                "label_name": self.label_names[int(p.argmax())],
+                "probabilities": {n: float(v) for n, v in zip(self.label_names, p)},
+                "truncated": t,
+            }
             for p, t in zip(probs, truncated)
         ]
 
@@ -241,12 +320,16 @@ def read_texts(path: str | Path, trust_pickle: bool = False) -> list[str]:
     return to_table(cols, ["_"], f"'{path}'", require_labels=False).texts
 
 
-def check_output(path: str | Path, overwrite: bool = False, input_path: str | Path | None = None) -> Path:
+def check_output(
+    path: str | Path, overwrite: bool = False, input_path: str | Path | None = None
+) -> Path:
     """``path`` if a submission may be written there: its folder exists, it is not a folder, and it
     is not an existing file (not even ``input_path``) unless ``overwrite``."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"--output '{path}' is a directory; name a file, e.g. '{path / 'submission.csv'}'")
+        raise UserError(
+            f"--output '{path}' is a directory; name a file, e.g. '{path / 'submission.csv'}'"
+        )
     if not path.parent.is_dir():
         raise UserError(f"output folder '{path.parent}' does not exist")
     if path.exists() and not overwrite:
@@ -256,9 +339,14 @@ def check_output(path: str | Path, overwrite: bool = False, input_path: str | Pa
     return path
 
 
-def write_submission(path: str | Path, preds: Sequence[int], probs: np.ndarray | None = None,
-                     label_names: list[str] | None = None, overwrite: bool = False) -> None:
-    """Kaggle-style ``ID,Label`` CSV (ID = row position); extra columns are optional, appended after.
+def write_submission(
+    path: str | Path,
+    preds: Sequence[int],
+    probs: np.ndarray | None = None,
+    label_names: list[str] | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Kaggle-style ``ID,Label`` CSV (ID = row position); optional extra columns after those.
 
     Written to a temporary file beside ``path`` and renamed over it; nothing is left on failure.
     """

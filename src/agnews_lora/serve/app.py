@@ -8,7 +8,8 @@ Endpoints: ``POST /v1/classify``, ``GET /v1/info``, ``GET /health``, plus FastAP
 with a 4xx/5xx status.
 
 FastAPI is imported only when serving, so the rest of the CLI does not pay for it.
-No ``from __future__ import annotations`` here: FastAPI resolves the handlers' annotations at runtime.
+No ``from __future__ import annotations`` here: FastAPI resolves the handlers' annotations at
+runtime.
 """
 
 import json
@@ -47,7 +48,9 @@ class ApiError(Exception):
 def _error_response(status: int, code: str, message: str, headers: dict | None = None):
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
 
 
 # requests -------------------------------------------------------------------------------------
@@ -55,12 +58,18 @@ def _error_response(status: int, code: str, message: str, headers: dict | None =
 
 def parse_texts(payload, max_texts: int) -> list[str]:
     """The texts of a /v1/classify body, or an ApiError saying exactly what is wrong."""
-    hint = "send {\"texts\": [\"...\", ...]} or {\"text\": \"...\"}"
+    hint = 'send {"texts": ["...", ...]} or {"text": "..."}'
     if not isinstance(payload, dict):
-        raise ApiError(422, "invalid_request", f"the JSON body must be an object, got {_json_type(payload)}; {hint}")
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"the JSON body must be an object, got {_json_type(payload)}; {hint}",
+        )
     unknown = sorted(set(payload) - {"text", "texts"})
     if unknown:
-        raise ApiError(422, "invalid_request", f"unknown field(s) {', '.join(map(repr, unknown))}; {hint}")
+        raise ApiError(
+            422, "invalid_request", f"unknown field(s) {', '.join(map(repr, unknown))}; {hint}"
+        )
     if ("text" in payload) == ("texts" in payload):
         raise ApiError(422, "invalid_request", f"give exactly one of 'text' and 'texts'; {hint}")
     if "text" in payload:
@@ -68,34 +77,58 @@ def parse_texts(payload, max_texts: int) -> list[str]:
     else:
         texts = payload["texts"]
         if not isinstance(texts, list):
-            raise ApiError(422, "invalid_request", f"'texts' must be a list of strings, got {_json_type(texts)}")
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"'texts' must be a list of strings, got {_json_type(texts)}",
+            )
         if not texts:
             raise ApiError(422, "invalid_request", "'texts' is empty; send at least one text")
         if len(texts) > max_texts:
-            raise ApiError(413, "too_many_texts",
-                           f"too many texts: {len(texts)} in one request (limit {max_texts}); split the request")
+            raise ApiError(
+                413,
+                "too_many_texts",
+                f"too many texts: {len(texts)} in one request (limit {max_texts}); "
+                "split the request",
+            )
         names = [f"texts[{i}]" for i in range(len(texts))]
     for name, t in zip(names, texts):
         if not isinstance(t, str):
             raise ApiError(422, "invalid_text", f"{name} must be a string, got {_json_type(t)}")
         if not t.strip():
-            raise ApiError(422, "invalid_text",
-                           f"{name} is empty; every text needs at least one non-space character")
+            raise ApiError(
+                422,
+                "invalid_text",
+                f"{name} is empty; every text needs at least one non-space character",
+            )
         try:
             t.encode("utf-8")
-        except UnicodeEncodeError:  # JSON can spell a lone UTF-16 surrogate ("\\ud800"); UTF-8 cannot
-            raise ApiError(422, "invalid_text",
-                           f"{name} is not valid Unicode (it holds a lone UTF-16 surrogate)") from None
+        except (
+            UnicodeEncodeError
+        ):  # JSON can spell a lone UTF-16 surrogate ("\\ud800"); UTF-8 cannot
+            raise ApiError(
+                422,
+                "invalid_text",
+                f"{name} is not valid Unicode (it holds a lone UTF-16 surrogate)",
+            ) from None
     return texts
 
 
 def _json_type(v) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
 
 
 class BodyLimitMiddleware:
-    """Reject request bodies over ``max_bytes`` with 413 before the app sees them (Content-Length or chunked)."""
+    """Reject request bodies over ``max_bytes`` with 413 before the app sees them (by
+    Content-Length, or counted while reading a chunked body)."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -103,7 +136,9 @@ class BodyLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")  # the server has checked it is a number
+        declared = dict(scope["headers"]).get(
+            b"content-length"
+        )  # the server has checked it is a number
         if declared is not None and int(declared) > self.max_bytes:
             return await self._reject(send, declared.decode())
         chunks, size, more = [], 0, True
@@ -130,9 +165,17 @@ class BodyLimitMiddleware:
     async def _reject(self, send, size: str):
         message = f"request body is too large ({size} bytes; limit {self.max_bytes} bytes)"
         body = json.dumps({"error": {"code": "body_too_large", "message": message}}).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close")]})  # the unread rest of the body makes the connection unusable
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )  # the unread rest of the body makes the connection unusable
         await send({"type": "http.response.body", "body": body})
 
 
@@ -144,23 +187,37 @@ def _schemas(max_texts: int):
 
     class ClassifyRequest(BaseModel):
         """Exactly one of `text` and `texts`."""
+
         text: Optional[str] = Field(None, min_length=1, description="one text to classify")
-        texts: Optional[list[str]] = Field(None, min_length=1, max_length=max_texts,
-                                           description=f"texts to classify (at most {max_texts})")
-        model_config = {"json_schema_extra": {"examples": [{"texts": ["Stocks rally as oil prices fall",
-                                                                      "Late goal wins the cup final"]}]}}
+        texts: Optional[list[str]] = Field(
+            None,
+            min_length=1,
+            max_length=max_texts,
+            description=f"texts to classify (at most {max_texts})",
+        )
+        model_config = {
+            "json_schema_extra": {
+                "examples": [
+                    {"texts": ["Stocks rally as oil prices fall", "Late goal wins the cup final"]}
+                ]
+            }
+        }
 
     class Result(BaseModel):
         label: int
         label_name: str
         probabilities: dict[str, float]
-        truncated: bool = Field(description="the text was longer than the model's max length and was cut")
+        truncated: bool = Field(
+            description="the text was longer than the model's max length and was cut"
+        )
 
     class ClassifyResponse(BaseModel):
         results: list[Result] = Field(description="one result per input text, in input order")
 
     class ErrorBody(BaseModel):
-        code: str = Field(description="machine-readable, e.g. malformed_json, too_many_texts, overloaded")
+        code: str = Field(
+            description="machine-readable, e.g. malformed_json, too_many_texts, overloaded"
+        )
         message: str = Field(description="what is wrong, for people")
 
     class ErrorResponse(BaseModel):
@@ -174,10 +231,16 @@ def public_model_name(name_or_path: str | None) -> str | None:
     a local directory by its last component."""
     if not name_or_path:
         return name_or_path
-    local = (os.path.isabs(name_or_path) or name_or_path.startswith((".", "~"))
-             or os.path.exists(name_or_path))
-    return Path(name_or_path.rstrip("/\\")).name if local and not name_or_path.startswith("package:") \
+    local = (
+        os.path.isabs(name_or_path)
+        or name_or_path.startswith((".", "~"))
+        or os.path.exists(name_or_path)
+    )
+    return (
+        Path(name_or_path.rstrip("/\\")).name
+        if local and not name_or_path.startswith("package:")
         else name_or_path
+    )
 
 
 def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path = ""):
@@ -186,9 +249,17 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    options = replace(options, workers=options.workers or default_workers(predictor.device.type))  # 0 = auto
-    batcher = MicroBatcher(batch_fn, options.max_batch_size, options.max_wait_ms, options.max_queue_texts,
-                           options.batching, options.workers)
+    options = replace(
+        options, workers=options.workers or default_workers(predictor.device.type)
+    )  # 0 = auto
+    batcher = MicroBatcher(
+        batch_fn,
+        options.max_batch_size,
+        options.max_wait_ms,
+        options.max_queue_texts,
+        options.batching,
+        options.workers,
+    )
     state = {"ready": False}
 
     @asynccontextmanager
@@ -202,8 +273,13 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
         log.info("stopped: %d requests, %d texts in %d batches", s.requests, s.texts, s.batches)
 
     ClassifyRequest, ClassifyResponse, ErrorResponse = _schemas(options.max_texts)
-    app = FastAPI(title="agnews-lora classifier", version=__version__, lifespan=lifespan,
-                  description=f"Text classification with the merged LoRA model of run `{Path(run_dir).name}`.")
+    app = FastAPI(
+        title="agnews-lora classifier",
+        version=__version__,
+        lifespan=lifespan,
+        description="Text classification with the merged LoRA model of run "
+        f"`{Path(run_dir).name}`.",
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=options.max_body_bytes)
 
     @app.exception_handler(ApiError)
@@ -217,41 +293,70 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        return _error_response(
+            exc.status_code, code, str(exc.detail), getattr(exc, "headers", None)
+        )
 
     errors = {s: {"model": ErrorResponse} for s in (400, 413, 415, 422, 500, 503)}
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, responses=errors, summary="Classify texts",
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": ClassifyRequest.model_json_schema()}}}})
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=errors,
+        summary="Classify texts",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ClassifyRequest.model_json_schema()}},
+            }
+        },
+    )
     async def classify(request: Request):
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        if media != "application/json" and not (
+            media.startswith("application/") and media.endswith("+json")
+        ):
             got = f"'{media}'" if media else "no Content-Type"
-            raise ApiError(415, "unsupported_media_type", f"send the body as application/json (got {got})")
+            raise ApiError(
+                415, "unsupported_media_type", f"send the body as application/json (got {got})"
+            )
         body = await request.body()
         if not body.strip():
-            raise ApiError(400, "malformed_json", "the request body is empty; expected a JSON object")
+            raise ApiError(
+                400, "malformed_json", "the request body is empty; expected a JSON object"
+            )
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {e}") from None
+            raise ApiError(
+                400, "malformed_json", f"the request body is not valid JSON: {e}"
+            ) from None
         except RecursionError:
-            raise ApiError(400, "malformed_json", "the request body is nested too deeply; expected "
-                           "an object of texts") from None
+            raise ApiError(
+                400,
+                "malformed_json",
+                "the request body is nested too deeply; expected an object of texts",
+            ) from None
         texts = parse_texts(payload, options.max_texts)
         try:
             results = await batcher.submit(texts)
         except Overloaded as e:
-            raise ApiError(503, "overloaded", f"server overloaded: {e}; retry later", {"Retry-After": "1"}) from None
+            raise ApiError(
+                503, "overloaded", f"server overloaded: {e}; retry later", {"Retry-After": "1"}
+            ) from None
         except ShuttingDown as e:
             raise ApiError(503, "shutting_down", str(e)) from None
-        except Exception as e:  # noqa: BLE001 - this request's batch failed; the server keeps serving
-            raise ApiError(500, "inference_failed", f"inference failed: {type(e).__name__}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - this request's batch failed; the server goes on
+            raise ApiError(
+                500, "inference_failed", f"inference failed: {type(e).__name__}: {e}"
+            ) from None
         return JSONResponse({"results": results})
 
-    @app.get("/health", summary="Readiness: 200 once the model is loaded and warmed up",
-             responses={503: {"model": ErrorResponse}})
+    @app.get(
+        "/health",
+        summary="Readiness: 200 once the model is loaded and warmed up",
+        responses={503: {"model": ErrorResponse}},
+    )
     async def health():
         if state["ready"] and batcher.running:
             return {"status": "ok"}
@@ -260,16 +365,22 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
     summary = getattr(predictor, "summary", {}) or {}
     params, best = summary.get("params", {}), summary.get("best", {})
     info = {
-        "run": Path(run_dir).name, "base_model": public_model_name(summary.get("base_model")),
-        "labels": list(predictor.label_names), "max_length": predictor.max_length,
+        "run": Path(run_dir).name,
+        "base_model": public_model_name(summary.get("base_model")),
+        "labels": list(predictor.label_names),
+        "max_length": predictor.max_length,
         "parameters": {k: params.get(k) for k in ("trainable", "total", "lora", "head")},
         "validation_accuracy": best.get("val_accuracy"),
-        "precision": predictor.precision, "quantized": bool(getattr(predictor, "quantized", False)),
-        "device": str(predictor.device), "training_precision": summary.get("precision"),
+        "precision": predictor.precision,
+        "quantized": bool(getattr(predictor, "quantized", False)),
+        "device": str(predictor.device),
+        "training_precision": summary.get("precision"),
         "serving": asdict(options),
     }
 
-    @app.get("/v1/info", summary="The model behind the endpoint, the serving limits and live counters")
+    @app.get(
+        "/v1/info", summary="The model behind the endpoint, the serving limits and live counters"
+    )
     async def model_info():
         return {**info, "stats": batcher.stats_dict()}
 

@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 def check_options(options: ServeOptions, port: int, threads: int | None) -> ServeOptions:
     """``options`` if valid, else a UserError naming the flag; ``max_queue_texts`` raised to
     ``max_texts`` (one full request always fits)."""
-    for name, low in (("max_batch_size", 1), ("max_texts", 1), ("max_body_bytes", 64),
-                      ("max_queue_texts", 1)):
+    for name, low in (
+        ("max_batch_size", 1),
+        ("max_texts", 1),
+        ("max_body_bytes", 64),
+        ("max_queue_texts", 1),
+    ):
         if getattr(options, name) < low:
             raise UserError(f"--{name.replace('_', '-')} must be at least {low}")
     if not 0 <= options.max_wait_ms <= 1000:
@@ -49,7 +53,9 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, addr = infos[0]
-        sock = socket.socket(family, kind, proto)  # proto=TCP, else asyncio leaves Nagle on (40 ms stalls)
+        sock = socket.socket(
+            family, kind, proto
+        )  # proto=TCP, else asyncio leaves Nagle on (40 ms stalls)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
         sock.listen(2048)  # connections queue from now on, until uvicorn starts accepting them
@@ -63,11 +69,18 @@ def read_timeout_protocol(read_timeout_s: float):
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    body = json.dumps({"error": {"code": "request_timeout", "message":
-                                 f"the request did not arrive within {read_timeout_s:g} s"}}).encode()
-    timeout_response = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                        b"connection: close\r\ncontent-length: " + str(len(body)).encode()
-                        + b"\r\n\r\n" + body)
+    body = json.dumps(
+        {
+            "error": {
+                "code": "request_timeout",
+                "message": f"the request did not arrive within {read_timeout_s:g} s",
+            }
+        }
+    ).encode()
+    timeout_response = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
 
     class ReadTimeoutH11Protocol(H11Protocol):
         _read_timer = None
@@ -80,7 +93,7 @@ def read_timeout_protocol(read_timeout_s: float):
             self._arm()  # the first byte of a request on a kept-alive connection starts the clock
             super().data_received(data)
             if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
-                self._disarm()  # the request is in; how long the app takes is not the client's fault
+                self._disarm()  # the request is in: the app's time is not the client's fault
 
         def on_response_complete(self) -> None:
             self._disarm()  # waiting for the next request: uvicorn's keep-alive timeout applies
@@ -112,14 +125,25 @@ def read_timeout_protocol(read_timeout_s: float):
     return ReadTimeoutH11Protocol
 
 
-def serve(run_dir: str, options: ServeOptions, host: str = "127.0.0.1", port: int = 8000,
-          precision: str = "auto", quantize: str | None = None, threads: int | None = None,
-          graceful_timeout: float = 30.0, access_log: bool = False, verbose: bool = False) -> int:
+def serve(
+    run_dir: str,
+    options: ServeOptions,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    precision: str = "auto",
+    quantize: str | None = None,
+    threads: int | None = None,
+    graceful_timeout: float = 30.0,
+    access_log: bool = False,
+    verbose: bool = False,
+) -> int:
     """Load ``run_dir``'s merged model, warm it up, listen, and serve until SIGTERM / Ctrl-C."""
     from ..runs import load_finished_run
 
     options = check_options(options, port, threads)
-    load_finished_run(run_dir)  # the same one-line error as Predictor.from_run, before torch is imported
+    load_finished_run(
+        run_dir
+    )  # the same one-line error as Predictor.from_run, before torch is imported
     try:
         import uvicorn
     except ImportError:
@@ -129,8 +153,9 @@ def serve(run_dir: str, options: ServeOptions, host: str = "127.0.0.1", port: in
     from ..prediction import Predictor
     from .app import create_app
 
-    predictor = Predictor.from_run(run_dir, batch_size=options.max_batch_size, precision=precision,
-                                   quantize=quantize)
+    predictor = Predictor.from_run(
+        run_dir, batch_size=options.max_batch_size, precision=precision, quantize=quantize
+    )
     options.workers = options.workers or default_workers(predictor.device.type)
     torch.set_num_threads(threads or default_threads(torch.get_num_threads(), options.workers))
     batch_fn = make_batch_fn(predictor)
@@ -140,15 +165,30 @@ def serve(run_dir: str, options: ServeOptions, host: str = "127.0.0.1", port: in
     host, port = sock.getsockname()[:2]
     n_threads, workers = torch.get_num_threads(), options.workers
     shown = f"[{host}]" if ":" in host else host
-    batching = (f"micro-batching up to {options.max_batch_size} texts, {options.max_wait_ms:g} ms wait"
-                if options.batching else "no batching (one request per forward)")
-    print(f"serving {run_dir} on http://{shown}:{port}  ({predictor.precision}"
-          f"{', int8' if quantize else ''} on {predictor.device}, {workers} worker{'s' * (workers > 1)}"
-          f" x {n_threads} thread{'s' * (n_threads > 1)}; {batching}; warm-up {seconds:.2f} s)"
-          f"  docs: http://{shown}:{port}/docs", flush=True)
-    config = uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=access_log,
-                            timeout_graceful_shutdown=graceful_timeout, lifespan="on",
-                            server_header=False, http=read_timeout_protocol(options.read_timeout_s))
+    batching = (
+        f"micro-batching up to {options.max_batch_size} texts, {options.max_wait_ms:g} ms wait"
+        if options.batching
+        else "no batching (one request per forward)"
+    )
+    print(
+        f"serving {run_dir} on http://{shown}:{port}  ({predictor.precision}"
+        f"{', int8' if quantize else ''} on {predictor.device}, "
+        f"{workers} worker{'s' * (workers > 1)}"
+        f" x {n_threads} thread{'s' * (n_threads > 1)}; {batching}; warm-up {seconds:.2f} s)"
+        f"  docs: http://{shown}:{port}/docs",
+        flush=True,
+    )
+    config = uvicorn.Config(
+        app,
+        log_level="info" if verbose else "warning",
+        access_log=access_log,
+        timeout_graceful_shutdown=graceful_timeout,
+        lifespan="on",
+        server_header=False,
+        http=read_timeout_protocol(options.read_timeout_s),
+    )
     server = uvicorn.Server(config)
-    server.run(sockets=[sock])  # returns after a graceful shutdown; a caught SIGTERM is then re-raised
+    server.run(
+        sockets=[sock]
+    )  # returns after a graceful shutdown; a caught SIGTERM is then re-raised
     return 0
