@@ -284,15 +284,17 @@ def test_predict_never_overwrites_without_overwrite(trained_run, data_dir, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "mine.csv"]  # no temporary file
 
 
-def test_predict_output_that_is_a_directory_is_one_line_and_leaves_nothing(trained_run, data_dir, tmp_path,
-                                                                            capsys):
+def test_predict_output_that_is_a_directory_is_one_line_and_leaves_nothing(trained_run, data_dir,
+                                                                            tmp_path, capsys):
     target = tmp_path / "outdir"
     target.mkdir()
-    argv = ["predict", str(trained_run), "--input", str(data_dir / "unlabelled.csv"), "--output", str(target)]
+    argv = ["predict", str(trained_run), "--input", str(data_dir / "unlabelled.csv"),
+            "--output", str(target)]
     for extra in ([], ["--overwrite"]):
         assert main([*argv, *extra]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: --output '{target}' is a directory") and len(err.strip().splitlines()) == 1
+        assert err.startswith(f"error: --output '{target}' is a directory")
+        assert len(err.strip().splitlines()) == 1
     assert list(target.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["outdir"]
 
 
@@ -305,8 +307,8 @@ def test_write_submission_refuses_a_directory_even_when_called_directly(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-def test_evaluate_data_names_cannot_escape_eval_or_replace_the_held_out_results(trained_run, data_dir, tmp_path,
-                                                                                capsys):
+def test_evaluate_data_names_cannot_escape_eval_or_replace_held_out_results(trained_run, data_dir,
+                                                                            tmp_path, capsys):
     from agnews_lora.errors import UserError
     from agnews_lora.evaluation import eval_dir
 

@@ -93,8 +93,8 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_run
 
-    m = evaluate_run(args.run_dir, args.data, trust_pickle=args.trust_pickle, quantize=args.quantize,
-                     overwrite=args.overwrite)
+    m = evaluate_run(args.run_dir, args.data, trust_pickle=args.trust_pickle,
+                     quantize=args.quantize, overwrite=args.overwrite)
     out = os.path.join(args.run_dir, "eval", m["split"])
     _out(f"split          {m['split']} ({m['rows']:,} rows, {m['truncated_rows']} truncated)")
     _out(f"accuracy       {m['accuracy']:.4f}")
@@ -168,8 +168,8 @@ def cmd_sweep(args) -> int:
           f"{out / 'pareto.png'}  {out / 'summary.md'}", flush=True)
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
-        print(f"{len(failed)} of {len(rows)} children failed (see the error column); rerun the sweep "
-              "to retry them", file=sys.stderr)
+        print(f"{len(failed)} of {len(rows)} children failed (see the error column); rerun the "
+              "sweep to retry them", file=sys.stderr)
         return 1
     return 0
 
@@ -178,8 +178,9 @@ def cmd_serve(args) -> int:
     from .serve.app import ServeOptions
     from .serve.server import serve
 
-    options = ServeOptions(args.max_batch_size, args.max_wait_ms, args.max_texts, args.max_body_bytes,
-                           args.max_queue_texts, not args.no_batching, args.workers, args.read_timeout)
+    options = ServeOptions(args.max_batch_size, args.max_wait_ms, args.max_texts,
+                           args.max_body_bytes, args.max_queue_texts, not args.no_batching,
+                           args.workers, args.read_timeout)
     return serve(args.run_dir, options, args.host, args.port, args.precision, args.quantize,
                  args.threads, args.graceful_timeout, args.access_log, args.verbose)
 
@@ -228,9 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     pr.set_defaults(func=cmd_predict)
 
-    _add_plan(command("plan", "list LoRA layouts and their exact trainable-parameter counts vs a budget"))
-    _add_sweep(command("sweep", "train a grid / list of config overrides; summary.csv, pareto.png, summary.md"))
-    _add_serve(command("serve", "serve a finished run over HTTP (POST /v1/classify) with micro-batching"))
+    _add_plan(command("plan", "list LoRA layouts and their exact trainable-parameter counts vs a "
+                      "budget"))
+    _add_sweep(command("sweep", "train a grid / list of config overrides; summary.csv, pareto.png, "
+                       "summary.md"))
+    _add_serve(command("serve", "serve a finished run over HTTP (POST /v1/classify) with "
+                       "micro-batching"))
     return p
 
 
@@ -241,21 +245,24 @@ def _add_plan(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--budget", type=int, default=BudgetConfig().max_trainable_params,
                     help="trainable-parameter budget (default %(default)s)")
     sp.add_argument("--model", default=ModelConfig().name_or_path,
-                    help="Hub id, local model directory or package:... (default %(default)s); only its "
-                         "config is read")
+                    help="Hub id, local model directory or package:... (default %(default)s); "
+                         "only its config is read")
     sp.add_argument("--json", action="store_true", help="print every layout as a JSON list")
     sp.add_argument("--ranks", default=",".join(map(str, DEFAULT_RANKS)),
                     help="LoRA ranks to try (default %(default)s)")
     sp.add_argument("--num-labels", type=int, default=len(AG_NEWS_LABELS),
                     help="classes of the head (default %(default)s)")
-    sp.add_argument("--top", type=int, default=10, help="fitting layouts listed first (default %(default)s)")
+    sp.add_argument("--top", type=int, default=10,
+                    help="fitting layouts listed first (default %(default)s)")
     sp.set_defaults(func=cmd_plan)
 
 
 def _add_sweep(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("sweep_file", metavar="SWEEP_YAML", help="sweep file, e.g. configs/sweeps/rank.yaml")
+    sp.add_argument("sweep_file", metavar="SWEEP_YAML",
+                    help="sweep file, e.g. configs/sweeps/rank.yaml")
     sp.add_argument("--output-dir",
-                    help="sweep directory (default: the file's output_dir, else sweeps/<file stem>)")
+                    help="sweep directory (default: the file's output_dir, else "
+                         "sweeps/<file stem>)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(func=cmd_sweep)
 
@@ -263,34 +270,40 @@ def _add_sweep(sp: argparse.ArgumentParser) -> None:
 def _add_serve(s: argparse.ArgumentParser) -> None:
     from .serve.app import ServeOptions
 
-    s.add_argument("run_dir", help="a finished run directory (runs/<name>, with merged/ and summary.json)")
+    s.add_argument("run_dir",
+                   help="a finished run directory (runs/<name>, with merged/ and summary.json)")
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
-    s.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port; default 8000)")
+    s.add_argument("--port", type=int, default=8000,
+                   help="TCP port (0 = any free port; default 8000)")
     d = ServeOptions()
     s.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
                    help="texts per micro-batch (run as one or a few length-sorted forward passes)")
     s.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
                    help="how long the oldest queued request waits for others to join its batch")
     s.add_argument("--max-texts", type=int, default=d.max_texts, help="texts per request")
-    s.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="request body size cap")
+    s.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
+                   help="request body size cap")
     s.add_argument("--max-queue-texts", type=int, default=d.max_queue_texts,
                    help="queued texts before new requests get 503 (back-pressure)")
-    s.add_argument("--no-batching", action="store_true", help="one request per forward pass (baseline)")
+    s.add_argument("--no-batching", action="store_true",
+                   help="one request per forward pass (baseline)")
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="inference precision (auto: bf16 where the CPU/GPU runs it fast)")
-    s.add_argument("--quantize", choices=["int8"], help="serve the dynamically int8-quantised model (CPU)")
+    s.add_argument("--quantize", choices=["int8"],
+                   help="serve the dynamically int8-quantised model (CPU)")
     s.add_argument("--workers", type=int, default=d.workers,
                    help="micro-batches that may run at the same time, each in its own thread "
                         "(default 0 = auto: 2 on a CPU with 2+ cores, 1 on a GPU)")
     s.add_argument("--threads", type=int,
-                   help="torch intra-op threads per worker (default: torch's choice minus one, leaving "
-                        "a core for HTTP, shared out among the workers)")
+                   help="torch intra-op threads per worker (default: torch's choice minus one, "
+                        "leaving a core for HTTP, shared out among the workers)")
     s.add_argument("--read-timeout", type=float, default=d.read_timeout_s,
-                   help="seconds a client may take to send a whole request (headers and body) before "
-                        "it gets 408 and is disconnected (default %(default)s)")
+                   help="seconds a client may take to send a whole request (headers and body) "
+                        "before it gets 408 and is disconnected (default %(default)s)")
     s.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds to let in-flight requests finish after SIGTERM / Ctrl-C")
-    s.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
+    s.add_argument("--access-log", action="store_true",
+                   help="log every request (uvicorn access log)")
     s.set_defaults(func=cmd_serve)
 
 
