@@ -360,7 +360,7 @@ def _ours(cfg, plan: Plan, tokenizer, train_enc, eval_enc, eval_table, workdir: 
         from agnews_lora.prediction import prepare_for_inference
 
         served = prepare_for_inference(copy.deepcopy(merged), "bf16")
-    predictor = Predictor(served, tokenizer, cfg.data.label_names, cfg.model.max_length, batch_size=cfg.train.eval_batch_size)
+    predictor = Predictor.from_model(served, tokenizer, cfg.data.label_names, cfg.model.max_length, batch_size=cfg.train.eval_batch_size)
     n_rows, passes = plan.infer["ours"]
     texts = eval_table.texts[:n_rows]
     predictor.logits(texts)  # warm-up: sees every padded shape once
@@ -389,7 +389,7 @@ def _extras(predictor, merged, tokenizer, cfg, eval_enc, texts, logits_bf16, dev
     enc, _ = encode_texts(tokenizer, texts, cfg.model.max_length)
     _, logits_fp32 = batched_logits(merged, enc, cfg.train.eval_batch_size, predictor.pad_id, device, max_length=cfg.model.max_length)
     q = torch.ao.quantization.quantize_dynamic(merged, {torch.nn.Linear}, dtype=torch.qint8)
-    qp = Predictor(q, tokenizer, cfg.data.label_names, cfg.model.max_length, cfg.train.eval_batch_size, quantized=True)
+    qp = Predictor.from_model(q, tokenizer, cfg.data.label_names, cfg.model.max_length, cfg.train.eval_batch_size, quantized=True)
     qp.logits(texts)
     times = []
     for _ in range(2):

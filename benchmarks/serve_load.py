@@ -170,7 +170,7 @@ def compute_profile(run_dir: str, texts: list[str], batch: int, threads: int | N
     transformers.logging.set_verbosity_error()
     sys.path.insert(0, str(ROOT / "src"))
     from agnews_lora.prediction import Predictor
-    from agnews_lora.serve_model import default_threads, default_workers, make_batch_fn
+    from agnews_lora.serve.model import default_threads, default_workers, make_batch_fn
 
     predictor = Predictor.from_run(run_dir, batch_size=batch)
     workers = workers or default_workers(predictor.device.type)

@@ -6,9 +6,9 @@ import pickle
 from pathlib import Path
 
 import pytest
+from conftest import tiny_overrides
 
 from agnews_lora.cli import main
-from conftest import tiny_overrides
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -251,3 +251,92 @@ def test_int8_evaluation_reports_its_accuracy_delta_without_library_noise(traine
     int8 = json.loads((run / "eval" / "test-int8" / "metrics.json").read_text())
     assert int8["quantized"] is True and full["quantized"] is False and int8["rows"] == full["rows"]
     assert abs(int8["accuracy"] - full["accuracy"]) <= 0.1  # a tiny model: int8 moves a few predictions at most
+
+
+def _run_copy(trained_run, tmp_path) -> Path:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    return run
+
+
+def test_predict_never_overwrites_without_overwrite(trained_run, data_dir, tmp_path, capsys):
+    inp = tmp_path / "in.csv"
+    inp.write_bytes((data_dir / "unlabelled.csv").read_bytes())
+    before = inp.read_bytes()
+    out = tmp_path / "mine.csv"
+    out.write_text("precious\n")
+    base = ["predict", str(trained_run), "--input", str(inp)]
+
+    assert main([*base, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: --output '{out}' already exists; pass --overwrite to replace it"
+    assert out.read_text() == "precious\n"
+
+    assert main([*base, "--output", str(inp)]) == 2  # onto the input itself
+    err = capsys.readouterr().err
+    assert "is the --input file; pass --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert inp.read_bytes() == before
+
+    assert main([*base, "--output", str(out), "--overwrite"]) == 0
+    assert out.read_text().startswith("ID,Label\n") and len(out.read_text().splitlines()) == 51
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "mine.csv"]  # no temporary file
+
+
+def test_predict_output_that_is_a_directory_is_one_line_and_leaves_nothing(trained_run, data_dir,
+                                                                            tmp_path, capsys):
+    target = tmp_path / "outdir"
+    target.mkdir()
+    argv = ["predict", str(trained_run), "--input", str(data_dir / "unlabelled.csv"),
+            "--output", str(target)]
+    for extra in ([], ["--overwrite"]):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --output '{target}' is a directory")
+        assert len(err.strip().splitlines()) == 1
+    assert list(target.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["outdir"]
+
+
+def test_write_submission_refuses_a_directory_even_when_called_directly(tmp_path):
+    from agnews_lora.errors import UserError
+    from agnews_lora.prediction import write_submission
+
+    with pytest.raises(UserError, match="is a directory"):
+        write_submission(tmp_path, [0, 1], overwrite=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_data_names_cannot_escape_eval_or_replace_held_out_results(trained_run, data_dir,
+                                                                            tmp_path, capsys):
+    from agnews_lora.errors import UserError
+    from agnews_lora.evaluation import eval_dir
+
+    run = _run_copy(trained_run, tmp_path)
+    assert main(["evaluate", str(run)]) == 0
+    held_out = (run / "eval" / "test" / "metrics.json").read_text()
+    capsys.readouterr()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    named_test = other / "test.csv"  # a file called test.csv is not the held-out test split
+    named_test.write_bytes((data_dir / "train.csv").read_bytes())
+    assert main(["evaluate", str(run), "--data", str(named_test)]) == 2
+    err = capsys.readouterr().err
+    assert "would replace the held-out results" in err and "--overwrite" in err
+    assert len(err.strip().splitlines()) == 1
+    assert (run / "eval" / "test" / "metrics.json").read_text() == held_out
+
+    assert main(["evaluate", str(run), "--data", str(named_test), "--overwrite"]) == 0
+    assert json.loads((run / "eval" / "test" / "metrics.json").read_text())["rows"] == 800
+
+    dots = other / "...csv"  # its name ('..') would write into RUN_DIR itself
+    dots.write_bytes((data_dir / "test.csv").read_bytes())
+    for extra in ([], ["--overwrite"]):
+        assert main(["evaluate", str(run), "--data", str(dots), *extra]) == 2
+        assert "cannot name a folder under" in capsys.readouterr().err
+    assert not (run / "metrics.json").exists() and not (run / "classification_report.txt").exists()
+    for name in ("..", ".", "", "a/b", "/abs", "..\\x"):
+        with pytest.raises(UserError, match="cannot name a folder"):
+            eval_dir(run, name, True, overwrite=True)
+    assert eval_dir(run, "train", True, overwrite=False) == run / "eval" / "train"

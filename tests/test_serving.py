@@ -1,71 +1,37 @@
 """`agnews-lora serve`: the real server in a subprocess on a free loopback port, spoken to over HTTP.
 
-The server runs with AGNEWS_LORA_SERVE_TEST_HOOKS=1: a text "__sleep:<ms>__" makes its batch sleep first
-(to hold the worker deterministically) and "__raise__" makes its batch raise.
+The server runs through `helpers.serve_with_faults`: a text "__sleep:<ms>__" makes its batch sleep
+first (to hold the worker deterministically) and "__raise__" makes its batch raise.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from helpers import ServerProcess
 
 from agnews_lora.tiny import synthetic_rows
 
 MAX_TEXTS, MAX_BODY, MAX_BATCH, MAX_QUEUE = 8, 4096, 16, 64
+READ_TIMEOUT = 2  # seconds the main server gives a client to send a whole request
 # one pooled client for every request (thread-safe; a new httpx.Client per call costs ~40 ms of TLS set-up)
-HTTP = httpx.Client(timeout=30, verify=False, limits=httpx.Limits(max_connections=100, max_keepalive_connections=100))
-
-
-class ServerProcess:
-    """`python -m agnews_lora serve` on port 0 in a subprocess; `ready()` waits for /health; always `stop()` it."""
-
-    def __init__(self, run_dir, tmp_path, *extra: str):
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "AGNEWS_LORA_SERVE_TEST_HOOKS": "1"}
-        self.err_path = tmp_path / f"server-{time.monotonic_ns()}.err"
-        with self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agnews_lora", "serve", str(run_dir), "--host", "127.0.0.1", "--port", "0",
-                 "--threads", "1", "--precision", "fp32", *extra],
-                stdout=subprocess.PIPE, stderr=err, env=env, text=True)
-        self.url = None
-
-    def ready(self, timeout: float = 120.0) -> "ServerProcess":
-        deadline = time.monotonic() + timeout
-        while self.url is None and time.monotonic() < deadline and self.proc.poll() is None:
-            if select.select([self.proc.stdout], [], [], 0.5)[0]:
-                m = re.search(r"http://127\.0\.0\.1:(\d+)", self.proc.stdout.readline())
-                self.url = f"http://127.0.0.1:{m.group(1)}" if m else None
-        assert self.url, f"server did not start (rc={self.proc.poll()}): {self.err_path.read_text()[-2000:]}"
-        while time.monotonic() < deadline:
-            try:
-                if HTTP.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"/health never became ready: {self.err_path.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        self.proc.stdout.close()
+HTTP = httpx.Client(
+    timeout=30,
+    verify=False,
+    limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +41,44 @@ def servers(trained_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     started = []
     try:
-        started.append(ServerProcess(trained_run, tmp, "--max-texts", str(MAX_TEXTS), "--max-body-bytes",
-                                     str(MAX_BODY), "--max-batch-size", str(MAX_BATCH), "--max-wait-ms", "20",
-                                     "--max-queue-texts", str(MAX_QUEUE), "--workers", "1"))
+        started.append(
+            ServerProcess(
+                trained_run,
+                tmp,
+                "--max-texts",
+                str(MAX_TEXTS),
+                "--max-body-bytes",
+                str(MAX_BODY),
+                "--max-batch-size",
+                str(MAX_BATCH),
+                "--max-wait-ms",
+                "20",
+                "--max-queue-texts",
+                str(MAX_QUEUE),
+                "--workers",
+                "1",
+                "--read-timeout",
+                str(READ_TIMEOUT),
+            )
+        )
         started.append(ServerProcess(trained_run, tmp, "--no-batching", "--workers", "1"))
-        started.append(ServerProcess(trained_run, tmp, "--workers", "2", "--max-batch-size", str(MAX_BATCH),
-                                     "--max-wait-ms", "20"))
-        yield {"main": started[0].ready(), "unbatched": started[1].ready(), "two_workers": started[2].ready()}
+        started.append(
+            ServerProcess(
+                trained_run,
+                tmp,
+                "--workers",
+                "2",
+                "--max-batch-size",
+                str(MAX_BATCH),
+                "--max-wait-ms",
+                "20",
+            )
+        )
+        yield {
+            "main": started[0].ready(),
+            "unbatched": started[1].ready(),
+            "two_workers": started[2].ready(),
+        }
     finally:
         for s in started:
             s.stop()
@@ -124,10 +121,14 @@ def hold_worker(url, ms: int, pool: ThreadPoolExecutor):
 
 def assert_matches_predictor(results, batch, predictor):
     for text, r in zip(batch, results, strict=True):
-        one = predictor.predict_proba([text])[0]  # the text alone: no batch neighbours, no shared padding
+        one = predictor.predict_proba([text])[
+            0
+        ]  # the text alone: no batch neighbours, no shared padding
         assert r["label"] == predictor.predict([text])[0]
         assert r["label_name"] == predictor.label_names[r["label"]]
-        np.testing.assert_allclose([r["probabilities"][n] for n in predictor.label_names], one, atol=1e-4)
+        np.testing.assert_allclose(
+            [r["probabilities"][n] for n in predictor.label_names], one, atol=1e-4
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,9 +137,15 @@ def assert_matches_predictor(results, batch, predictor):
 
 def test_health_info_and_openapi(server, trained_run, predictor):
     assert HTTP.get(f"{server}/health").json() == {"status": "ok"}
-    info = HTTP.get(f"{server}/v1/info").json()
+    r = HTTP.get(f"{server}/v1/info")
+    info = r.json()
     s = predictor.summary
-    assert info["base_model"] == s["base_model"]
+    assert info["base_model"] == Path(s["base_model"]).name == "model"  # the tiny model's folder
+    assert info["run"] == "tiny-run"
+    assert (
+        str(Path(s["base_model"]).parent) not in r.text and str(trained_run) not in r.text
+    )  # no paths
+    assert info["serving"]["read_timeout_s"] == READ_TIMEOUT
     assert info["labels"] == predictor.label_names
     assert info["parameters"]["trainable"] == s["params"]["trainable"] > 0
     assert info["parameters"]["total"] == s["params"]["total"] > info["parameters"]["trainable"]
@@ -147,7 +154,9 @@ def test_health_info_and_openapi(server, trained_run, predictor):
     assert info["serving"]["max_texts"] == MAX_TEXTS and info["serving"]["batching"] is True
     spec = HTTP.get(f"{server}/openapi.json").json()
     assert {"/v1/classify", "/v1/info", "/health"} <= set(spec["paths"])
-    body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
     assert body["properties"]["texts"]["anyOf"][0]["maxItems"] == MAX_TEXTS
 
 
@@ -181,19 +190,9 @@ def test_keep_alive_responses_are_not_delayed(server):
             t0 = time.perf_counter()
             assert client.get("/health").status_code == 200
             times.append(time.perf_counter() - t0)
-    assert sorted(times)[4] < 0.03  # Nagle + delayed ACKs would add ~40 ms to each reuse of a connection
-
-
-def test_plan_forwards_sorts_rows_into_few_passes_with_little_padding():
-    from agnews_lora.batcher import plan_forwards
-
-    lengths = [128, 100] + [20] * 30  # sorted, longest first
-    plan = plan_forwards(lengths, 16)
-    assert [i for a, b in plan for i in range(a, b)] == list(range(len(lengths)))
-    assert all(0 < b - a <= 16 for a, b in plan)
-    padded = sum((b - a) * -(-lengths[a] // 16) * 16 for a, b in plan)
-    assert padded < len(lengths) * 128 / 3  # one padded batch would cost 32 x 128 tokens
-    assert plan_forwards([50] * 8, 16) == [(0, 8)] and plan_forwards([], 4) == []
+    assert (
+        sorted(times)[4] < 0.03
+    )  # Nagle + delayed ACKs would add ~40 ms to each reuse of a connection
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,32 +205,136 @@ def _raw(url, content, content_type="application/json"):
 
 
 BAD_INPUTS = {
-    "malformed JSON": (lambda u: _raw(u, b'{"texts": ["a",'), 400, "malformed_json", "not valid JSON"),
-    "invalid UTF-8": (lambda u: _raw(u, b'{"text": "\xff\xfe"}'), 400, "malformed_json", "not valid JSON"),
+    "malformed JSON": (
+        lambda u: _raw(u, b'{"texts": ["a",'),
+        400,
+        "malformed_json",
+        "not valid JSON",
+    ),
+    "invalid UTF-8": (
+        lambda u: _raw(u, b'{"text": "\xff\xfe"}'),
+        400,
+        "malformed_json",
+        "not valid JSON",
+    ),
     "empty body": (lambda u: _raw(u, b""), 400, "malformed_json", "empty"),
-    "text/plain": (lambda u: _raw(u, b'{"text": "a"}', "text/plain"), 415, "unsupported_media_type", "text/plain"),
-    "no content type": (lambda u: _raw(u, b'{"text": "a"}', None), 415, "unsupported_media_type", "application/json"),
-    "form body": (lambda u: HTTP.post(f"{u}/v1/classify", data={"text": "a"}), 415, "unsupported_media_type",
-                  "x-www-form-urlencoded"),
+    "text/plain": (
+        lambda u: _raw(u, b'{"text": "a"}', "text/plain"),
+        415,
+        "unsupported_media_type",
+        "text/plain",
+    ),
+    "no content type": (
+        lambda u: _raw(u, b'{"text": "a"}', None),
+        415,
+        "unsupported_media_type",
+        "application/json",
+    ),
+    "form body": (
+        lambda u: HTTP.post(f"{u}/v1/classify", data={"text": "a"}),
+        415,
+        "unsupported_media_type",
+        "x-www-form-urlencoded",
+    ),
     "empty text": (lambda u: classify(u, {"text": ""}), 422, "invalid_text", "'text' is empty"),
-    "blank text in list": (lambda u: classify(u, {"texts": ["ok", "   "]}), 422, "invalid_text", "texts[1] is empty"),
-    "empty list": (lambda u: classify(u, {"texts": []}), 422, "invalid_request", "'texts' is empty"),
-    "number text": (lambda u: classify(u, {"text": 3}), 422, "invalid_text", "'text' must be a string, got a number"),
-    "null in list": (lambda u: classify(u, {"texts": ["ok", None]}), 422, "invalid_text", "texts[1] must be a string, got null"),
-    "object in list": (lambda u: classify(u, {"texts": [{"t": "x"}]}), 422, "invalid_text", "texts[0] must be a string"),
-    "texts not a list": (lambda u: classify(u, {"texts": "abc"}), 422, "invalid_request", "must be a list"),
-    "body not an object": (lambda u: classify(u, ["a", "b"]), 422, "invalid_request", "must be an object"),
-    "both text and texts": (lambda u: classify(u, {"text": "a", "texts": ["b"]}), 422, "invalid_request", "exactly one"),
+    "blank text in list": (
+        lambda u: classify(u, {"texts": ["ok", "   "]}),
+        422,
+        "invalid_text",
+        "texts[1] is empty",
+    ),
+    "empty list": (
+        lambda u: classify(u, {"texts": []}),
+        422,
+        "invalid_request",
+        "'texts' is empty",
+    ),
+    "number text": (
+        lambda u: classify(u, {"text": 3}),
+        422,
+        "invalid_text",
+        "'text' must be a string, got a number",
+    ),
+    "null in list": (
+        lambda u: classify(u, {"texts": ["ok", None]}),
+        422,
+        "invalid_text",
+        "texts[1] must be a string, got null",
+    ),
+    "object in list": (
+        lambda u: classify(u, {"texts": [{"t": "x"}]}),
+        422,
+        "invalid_text",
+        "texts[0] must be a string",
+    ),
+    "texts not a list": (
+        lambda u: classify(u, {"texts": "abc"}),
+        422,
+        "invalid_request",
+        "must be a list",
+    ),
+    "body not an object": (
+        lambda u: classify(u, ["a", "b"]),
+        422,
+        "invalid_request",
+        "must be an object",
+    ),
+    "both text and texts": (
+        lambda u: classify(u, {"text": "a", "texts": ["b"]}),
+        422,
+        "invalid_request",
+        "exactly one",
+    ),
     "neither": (lambda u: classify(u, {}), 422, "invalid_request", "exactly one"),
     "unknown field": (lambda u: classify(u, {"txt": "a"}), 422, "invalid_request", "'txt'"),
-    "too many texts": (lambda u: classify(u, {"texts": ["a"] * (MAX_TEXTS + 1)}), 413, "too_many_texts",
-                       f"limit {MAX_TEXTS}"),
-    "body too large": (lambda u: classify(u, {"text": "x" * (MAX_BODY + 10)}), 413, "body_too_large",
-                       f"limit {MAX_BODY} bytes"),
-    "chunked body too large": (lambda u: _raw(u, iter([b'{"text": "' + b"x" * 3000, b"y" * 3000 + b'"}'])), 413,
-                               "body_too_large", f"limit {MAX_BODY} bytes"),
-    "wrong method": (lambda u: HTTP.get(f"{u}/v1/classify"), 405, "method_not_allowed", "Method Not Allowed"),
-    "unknown path": (lambda u: HTTP.post(f"{u}/v1/clasify", json={"text": "a"}), 404, "not_found", "Not Found"),
+    "too many texts": (
+        lambda u: classify(u, {"texts": ["a"] * (MAX_TEXTS + 1)}),
+        413,
+        "too_many_texts",
+        f"limit {MAX_TEXTS}",
+    ),
+    "body too large": (
+        lambda u: classify(u, {"text": "x" * (MAX_BODY + 10)}),
+        413,
+        "body_too_large",
+        f"limit {MAX_BODY} bytes",
+    ),
+    "chunked body too large": (
+        lambda u: _raw(u, iter([b'{"text": "' + b"x" * 3000, b"y" * 3000 + b'"}'])),
+        413,
+        "body_too_large",
+        f"limit {MAX_BODY} bytes",
+    ),
+    "deeply nested JSON": (
+        lambda u: _raw(u, b'{"texts": ' + b"[" * 2000 + b"]" * 2000 + b"}"),
+        400,
+        "malformed_json",
+        "nested too deeply",
+    ),
+    "lone surrogate": (
+        lambda u: _raw(u, b'{"text": "abc \\ud800 def"}'),
+        422,
+        "invalid_text",
+        "'text' is not valid Unicode (it holds a lone UTF-16 surrogate)",
+    ),
+    "lone surrogate in list": (
+        lambda u: _raw(u, b'{"texts": ["ok", "\\udfff"]}'),
+        422,
+        "invalid_text",
+        "texts[1] is not valid Unicode",
+    ),
+    "wrong method": (
+        lambda u: HTTP.get(f"{u}/v1/classify"),
+        405,
+        "method_not_allowed",
+        "Method Not Allowed",
+    ),
+    "unknown path": (
+        lambda u: HTTP.post(f"{u}/v1/clasify", json={"text": "a"}),
+        404,
+        "not_found",
+        "Not Found",
+    ),
 }
 
 
@@ -255,12 +358,79 @@ def test_exact_limits_are_accepted(server):
 
 
 # ---------------------------------------------------------------------------------------------
+# slow clients: a whole request must arrive within --read-timeout, else 408 and the socket is closed
+# (a bound on the time, not the rate: one byte a second would otherwise hold a connection for ever)
+
+
+def _trickle(
+    port: int, head: bytes, limit: float = 3 * READ_TIMEOUT + 5
+) -> tuple[float | None, bytes]:
+    """Send ``head``, then one byte every 0.2 s; (seconds until the server closed, what it sent),
+    or (None, ...) if it still held the connection after ``limit`` seconds."""
+    t0, got = time.monotonic(), b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        while time.monotonic() - t0 < limit:
+            if select.select([sock], [], [], 0.2)[0]:
+                try:
+                    chunk = sock.recv(4096)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    return time.monotonic() - t0, got
+                got += chunk
+                continue
+            try:
+                sock.sendall(b"x")
+            except OSError:  # closed under us
+                return time.monotonic() - t0, got
+    return None, got
+
+
+SLOW_CLIENTS = {
+    "slow headers": b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+    "slow body": b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 1000\r\n\r\n{"text": "',
+    "silent connection": b"",
+}
+
+
+@pytest.mark.parametrize("case", list(SLOW_CLIENTS))
+def test_slow_client_is_dropped_after_the_read_timeout(servers, case):
+    main = servers["main"]
+    head = SLOW_CLIENTS[case]
+    if case == "silent connection":  # connects, then sends nothing at all
+        t0 = time.monotonic()
+        with socket.create_connection(
+            ("127.0.0.1", main.port), timeout=3 * READ_TIMEOUT + 5
+        ) as sock:
+            got = sock.recv(4096)
+            while got and not got.endswith(b"}"):
+                got += sock.recv(4096)
+            seconds = time.monotonic() - t0
+    else:
+        seconds, got = _trickle(main.port, head)
+    assert seconds is not None, "the server held a slow client's connection open"
+    assert READ_TIMEOUT - 0.5 < seconds < READ_TIMEOUT + 3
+    assert got.startswith(b"HTTP/1.1 408 ") and b'"code": "request_timeout"' in got
+    assert classify(main.url, {"text": "still serving"}).status_code == 200
+
+
+def test_a_slow_app_is_not_a_slow_client(servers):
+    """The read timeout covers only the arrival of a request: a slower batch still answers."""
+    r = classify(servers["main"].url, {"text": f"__sleep:{(READ_TIMEOUT + 1) * 1000}__"})
+    assert r.status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
 # micro-batching, isolation of failures, back-pressure, a free event loop
 
 
 def test_concurrent_clients_get_exactly_their_own_answers(server, predictor, texts):
     n_clients = 32
-    batches = [texts[i:i + 1 + i % 2] for i in range(n_clients)]  # 1 or 2 texts per request, all different
+    batches = [
+        texts[i : i + 1 + i % 2] for i in range(n_clients)
+    ]  # 1 or 2 texts per request, all different
     barrier = threading.Barrier(n_clients, timeout=30)
 
     def client(batch):
@@ -279,20 +449,27 @@ def test_concurrent_clients_get_exactly_their_own_answers(server, predictor, tex
     after = stats(server)
     n_requests = after["requests"] - before["requests"] - 1
     assert n_requests == n_clients
-    assert after["batches"] - before["batches"] - 1 < n_clients // 2  # gathered, not one forward each
+    assert (
+        after["batches"] - before["batches"] - 1 < n_clients // 2
+    )  # gathered, not one forward each
     assert after["largest_batch_requests"] > 1
     assert after["largest_batch_texts"] <= MAX_BATCH
 
 
 def test_failing_batch_fails_only_the_request_that_breaks_it(server, predictor, texts):
     with ThreadPoolExecutor(12) as pool:
-        sleeper = hold_worker(server, 400, pool)  # the bad and the good requests gather into one batch
+        sleeper = hold_worker(
+            server, 400, pool
+        )  # the bad and the good requests gather into one batch
         bad = pool.submit(classify, server, {"texts": ["fine", "__raise__"]})
         good = [pool.submit(classify, server, {"text": t}) for t in texts[:10]]
         r_bad, r_good = bad.result(), [f.result() for f in good]
         assert sleeper.result().status_code == 200
     assert r_bad.status_code == 500
-    assert r_bad.json()["error"] == {"code": "inference_failed", "message": "inference failed: RuntimeError: injected test fault"}
+    assert r_bad.json()["error"] == {
+        "code": "inference_failed",
+        "message": "inference failed: RuntimeError: injected test fault",
+    }
     for t, r in zip(texts[:10], r_good):
         assert r.status_code == 200
         assert_matches_predictor(r.json()["results"], [t], predictor)
@@ -303,8 +480,10 @@ def test_failing_batch_fails_only_the_request_that_breaks_it(server, predictor, 
 def test_full_queue_answers_503(server):
     with ThreadPoolExecutor(MAX_QUEUE // MAX_TEXTS + 1) as pool:
         sleeper = hold_worker(server, 1500, pool)
-        queued = [pool.submit(classify, server, {"texts": [f"text {i}"] * MAX_TEXTS})
-                  for i in range(MAX_QUEUE // MAX_TEXTS)]
+        queued = [
+            pool.submit(classify, server, {"texts": [f"text {i}"] * MAX_TEXTS})
+            for i in range(MAX_QUEUE // MAX_TEXTS)
+        ]
         deadline = time.monotonic() + 10
         while stats(server)["queued_texts"] < MAX_QUEUE:
             assert time.monotonic() < deadline
@@ -338,14 +517,20 @@ def test_two_workers_run_two_batches_at_once_and_answer_each_client(servers, pre
         while stats(url)["running_texts"] < 2:  # both workers busy at the same time
             assert time.monotonic() < deadline and not second.done()
             time.sleep(0.01)
-        batches = [texts[i:i + 1 + i % 3] for i in range(32)]  # queue behind them, then share the two workers
+        batches = [
+            texts[i : i + 1 + i % 3] for i in range(32)
+        ]  # queue behind them, then share the two workers
         responses = list(pool.map(lambda b: classify(url, {"texts": b}), batches))
         assert first.result().status_code == 200 and second.result().status_code == 200
     for batch, r in zip(batches, responses):
         assert r.status_code == 200, r.text
         assert_matches_predictor(r.json()["results"], batch, predictor)
     s = stats(url)
-    assert s["largest_batch_texts"] <= MAX_BATCH and s["failed_requests"] == 0 and s["running_texts"] == 0
+    assert (
+        s["largest_batch_texts"] <= MAX_BATCH
+        and s["failed_requests"] == 0
+        and s["running_texts"] == 0
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,12 +540,28 @@ def test_two_workers_run_two_batches_at_once_and_answer_each_client(servers, pre
 def test_bad_run_dir_or_option_is_one_line_exit_2_before_binding(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cases = {  # argv -> the one line on stderr
-        (str(tmp_path / "missing"), "--port", "0"): f"error: run directory '{tmp_path / 'missing'}' not found",
+        (
+            str(tmp_path / "missing"),
+            "--port",
+            "0",
+        ): f"error: run directory '{tmp_path / 'missing'}' not found",
         (str(tmp_path), "--max-batch-size", "0"): "error: --max-batch-size must be at least 1",
-        (str(tmp_path), "--workers", "-1"): "error: --workers must be at least 1 (or 0 for the automatic choice)",
+        (
+            str(tmp_path),
+            "--workers",
+            "-1",
+        ): "error: --workers must be at least 1 (or 0 for the automatic choice)",
     }
-    procs = {argv: subprocess.Popen([sys.executable, "-m", "agnews_lora", "serve", *argv], env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for argv in cases}
+    procs = {
+        argv: subprocess.Popen(
+            [sys.executable, "-m", "agnews_lora", "serve", *argv],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for argv in cases
+    }
     for argv, proc in procs.items():
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 2, err
@@ -402,7 +603,7 @@ def test_lone_request_is_not_held_back_but_concurrent_ones_are_gathered():
     import asyncio
     import time
 
-    from agnews_lora.batcher import MicroBatcher
+    from agnews_lora.serve.batcher import MicroBatcher
 
     calls = []
 
@@ -433,7 +634,7 @@ def test_workers_share_the_queue_and_run_batches_concurrently():
     every caller gets its own results, and stop() waits for the batches in flight."""
     import asyncio
 
-    from agnews_lora.batcher import MicroBatcher
+    from agnews_lora.serve.batcher import MicroBatcher
 
     lock, running, most, calls = threading.Lock(), [0], [0], []
 
@@ -467,8 +668,8 @@ def test_python_api_resolves_automatic_workers(predictor):
     """`create_app` with the default options (workers 0 = auto) works as documented in docs/serving.md."""
     from fastapi.testclient import TestClient
 
-    from agnews_lora.serve_model import default_threads, default_workers, make_batch_fn
-    from agnews_lora.serving import ServeOptions, create_app
+    from agnews_lora.serve.app import ServeOptions, create_app
+    from agnews_lora.serve.model import default_threads, default_workers, make_batch_fn
 
     assert [default_workers("cpu", n) for n in (1, 2, 16)] == [1, 2, 2]
     assert default_workers("cuda", 16) == 1
@@ -483,10 +684,12 @@ def test_python_api_resolves_automatic_workers(predictor):
 def test_a_bug_in_a_batch_task_fails_its_callers_instead_of_leaving_them_waiting():
     import asyncio
 
-    from agnews_lora.batcher import MicroBatcher
+    from agnews_lora.serve.batcher import MicroBatcher
 
     async def scenario():
-        b = MicroBatcher(lambda texts: [t.upper() for t in texts], max_batch_size=8, max_wait_ms=0, workers=2)
+        b = MicroBatcher(
+            lambda texts: [t.upper() for t in texts], max_batch_size=8, max_wait_ms=0, workers=2
+        )
         real = b._run_batch
 
         async def broken(batch):
@@ -497,7 +700,10 @@ def test_a_bug_in_a_batch_task_fails_its_callers_instead_of_leaving_them_waiting
         with pytest.raises(KeyError):
             await asyncio.wait_for(b.submit(["a"]), 5)
         b._run_batch = real  # the dispatcher and both workers are still there
-        assert await asyncio.wait_for(asyncio.gather(b.submit(["b"]), b.submit(["c"])), 5) == [["B"], ["C"]]
+        assert await asyncio.wait_for(asyncio.gather(b.submit(["b"]), b.submit(["c"])), 5) == [
+            ["B"],
+            ["C"],
+        ]
         await b.stop()
         return b.stats.failed_requests
 

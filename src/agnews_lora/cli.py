@@ -93,7 +93,8 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_run
 
-    m = evaluate_run(args.run_dir, args.data, trust_pickle=args.trust_pickle, quantize=args.quantize)
+    m = evaluate_run(args.run_dir, args.data, trust_pickle=args.trust_pickle,
+                     quantize=args.quantize, overwrite=args.overwrite)
     out = os.path.join(args.run_dir, "eval", m["split"])
     _out(f"split          {m['split']} ({m['rows']:,} rows, {m['truncated_rows']} truncated)")
     _out(f"accuracy       {m['accuracy']:.4f}")
@@ -105,20 +106,83 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .prediction import Predictor, read_texts, write_submission
+    from .prediction import (
+        Predictor,
+        check_output,
+        read_texts,
+        softmax,
+        write_submission,
+    )
 
+    check_output(args.output, args.overwrite, args.input)  # before minutes of work, not after
     predictor = Predictor.from_run(args.run_dir, quantize=args.quantize)
     texts = read_texts(args.input, trust_pickle=args.trust_pickle)
     logits, truncated = predictor.logits(texts)
     preds = logits.argmax(axis=1)
-    from .prediction import softmax
-
     write_submission(args.output, preds, softmax(logits) if args.probabilities else None,
-                     predictor.label_names if args.label_names else None)
+                     predictor.label_names if args.label_names else None, overwrite=args.overwrite)
     counts = {n: int((preds == i).sum()) for i, n in enumerate(predictor.label_names)}
     _out(f"wrote {len(preds):,} predictions to {args.output} ({sum(truncated)} texts truncated)")
     _out("per class      " + "  ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
+
+
+def cmd_plan(args) -> int:
+    import json
+
+    from .planning import format_plan, plan
+
+    p = plan(args.model, args.budget, _ranks(args.ranks), args.num_labels)
+    if args.json:
+        if p.note:
+            log.warning("note: %s", p.note)
+        print(json.dumps([lay.to_dict() for lay in p.layouts], indent=2), flush=True)
+    else:
+        print(format_plan(p, args.top), flush=True)
+    return 0
+
+
+def _ranks(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--ranks expects comma-separated integers, got '{text}'") from None
+
+
+def cmd_sweep(args) -> int:
+    from pathlib import Path
+
+    from .sweep import load_sweep, run_sweep
+    from .sweep_report import table
+
+    sweep = load_sweep(args.sweep_file, args.output_dir)
+    log.info("sweep %s: %d children -> %s", sweep.path, len(sweep.children), sweep.output_dir)
+    try:
+        rows = run_sweep(sweep, progress=not args.no_progress)
+    except TrainingInterrupted as e:
+        print(f"stopped: {e}; rerun `agnews-lora sweep {args.sweep_file}` to continue "
+              f"(finished children are skipped, the interrupted one resumes)", file=sys.stderr)
+        return 128 + int(e.signum)
+    out = Path(sweep.output_dir)
+    print("\n" + "\n".join(table(sweep, rows)) + f"\n\nwritten        {out / 'summary.csv'}  "
+          f"{out / 'pareto.png'}  {out / 'summary.md'}", flush=True)
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        print(f"{len(failed)} of {len(rows)} children failed (see the error column); rerun the "
+              "sweep to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve.app import ServeOptions
+    from .serve.server import serve
+
+    options = ServeOptions(args.max_batch_size, args.max_wait_ms, args.max_texts,
+                           args.max_body_bytes, args.max_queue_texts, not args.no_batching,
+                           args.workers, args.read_timeout)
+    return serve(args.run_dir, options, args.host, args.port, args.precision, args.quantize,
+                 args.threads, args.graceful_timeout, args.access_log, args.verbose)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,10 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 parents=[common])
     p.set_defaults(verbose=False, debug=False)
     sub = p.add_subparsers(dest="command", required=True)
-    _add = sub.add_parser
-    sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)  # every subcommand takes --verbose / --debug
 
-    t = sub.add_parser("train", help="train a LoRA classifier; writes runs/<name>/")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])  # every command takes -v / --debug
+
+    t = command("train", help="train a LoRA classifier; writes runs/<name>/")
     t.add_argument("--config", help="YAML config (default: built-in defaults = configs/default.yaml)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable), e.g. lora.r=8")
     t.add_argument("--output-dir", help="parent directory of the run directory (config key output_dir)")
@@ -144,14 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="score a finished run on its test split (or --data FILE)")
+    e = command("evaluate","score a finished run on its test split (or --data FILE)")
     e.add_argument("run_dir")
     e.add_argument("--data", help="labelled CSV / JSONL / Parquet file (default: the official test split)")
     e.add_argument("--trust-pickle", action="store_true", help="allow a .pkl --data file (pickles can run code)")
     e.add_argument("--quantize", choices=["int8"], help="evaluate the dynamically int8-quantised model (CPU)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="let --data replace the held-out results in eval/test/")
     e.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="write a Kaggle-style ID,Label CSV for unlabelled texts")
+    pr = command("predict","write a Kaggle-style ID,Label CSV for unlabelled texts")
     pr.add_argument("run_dir")
     pr.add_argument("--input", required=True, help="CSV / JSONL / Parquet / pickled datasets.Dataset with a 'text' column")
     pr.add_argument("--output", required=True, help="CSV to write (ID,Label)")
@@ -159,25 +226,85 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--probabilities", action="store_true", help="add one p_<label> column per class")
     pr.add_argument("--label-names", action="store_true", help="add a LabelName column")
     pr.add_argument("--quantize", choices=["int8"], help="predict with the dynamically int8-quantised model (CPU)")
+    pr.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     pr.set_defaults(func=cmd_predict)
 
-    for register in _extra_commands():
-        register(sub)
+    _add_plan(command("plan", "list LoRA layouts and their exact trainable-parameter counts vs a "
+                      "budget"))
+    _add_sweep(command("sweep", "train a grid / list of config overrides; summary.csv, pareto.png, "
+                       "summary.md"))
+    _add_serve(command("serve", "serve a finished run over HTTP (POST /v1/classify) with "
+                       "micro-batching"))
     return p
 
 
-def _extra_commands():
-    """Subcommands that live in their own modules (plan, sweep, serve) register themselves here."""
-    found = []
-    for mod in ("planning", "sweep", "serving"):
-        try:
-            module = __import__(f"agnews_lora.{mod}", fromlist=["register_cli"])
-        except ModuleNotFoundError as e:
-            if e.name != f"agnews_lora.{mod}":
-                raise
-            continue
-        found.append(module.register_cli)
-    return found
+def _add_plan(sp: argparse.ArgumentParser) -> None:
+    from .config import AG_NEWS_LABELS, BudgetConfig, ModelConfig
+    from .planning import DEFAULT_RANKS
+
+    sp.add_argument("--budget", type=int, default=BudgetConfig().max_trainable_params,
+                    help="trainable-parameter budget (default %(default)s)")
+    sp.add_argument("--model", default=ModelConfig().name_or_path,
+                    help="Hub id, local model directory or package:... (default %(default)s); "
+                         "only its config is read")
+    sp.add_argument("--json", action="store_true", help="print every layout as a JSON list")
+    sp.add_argument("--ranks", default=",".join(map(str, DEFAULT_RANKS)),
+                    help="LoRA ranks to try (default %(default)s)")
+    sp.add_argument("--num-labels", type=int, default=len(AG_NEWS_LABELS),
+                    help="classes of the head (default %(default)s)")
+    sp.add_argument("--top", type=int, default=10,
+                    help="fitting layouts listed first (default %(default)s)")
+    sp.set_defaults(func=cmd_plan)
+
+
+def _add_sweep(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("sweep_file", metavar="SWEEP_YAML",
+                    help="sweep file, e.g. configs/sweeps/rank.yaml")
+    sp.add_argument("--output-dir",
+                    help="sweep directory (default: the file's output_dir, else "
+                         "sweeps/<file stem>)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.set_defaults(func=cmd_sweep)
+
+
+def _add_serve(s: argparse.ArgumentParser) -> None:
+    from .serve.app import ServeOptions
+
+    s.add_argument("run_dir",
+                   help="a finished run directory (runs/<name>, with merged/ and summary.json)")
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=8000,
+                   help="TCP port (0 = any free port; default 8000)")
+    d = ServeOptions()
+    s.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                   help="texts per micro-batch (run as one or a few length-sorted forward passes)")
+    s.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                   help="how long the oldest queued request waits for others to join its batch")
+    s.add_argument("--max-texts", type=int, default=d.max_texts, help="texts per request")
+    s.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
+                   help="request body size cap")
+    s.add_argument("--max-queue-texts", type=int, default=d.max_queue_texts,
+                   help="queued texts before new requests get 503 (back-pressure)")
+    s.add_argument("--no-batching", action="store_true",
+                   help="one request per forward pass (baseline)")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="inference precision (auto: bf16 where the CPU/GPU runs it fast)")
+    s.add_argument("--quantize", choices=["int8"],
+                   help="serve the dynamically int8-quantised model (CPU)")
+    s.add_argument("--workers", type=int, default=d.workers,
+                   help="micro-batches that may run at the same time, each in its own thread "
+                        "(default 0 = auto: 2 on a CPU with 2+ cores, 1 on a GPU)")
+    s.add_argument("--threads", type=int,
+                   help="torch intra-op threads per worker (default: torch's choice minus one, "
+                        "leaving a core for HTTP, shared out among the workers)")
+    s.add_argument("--read-timeout", type=float, default=d.read_timeout_s,
+                   help="seconds a client may take to send a whole request (headers and body) "
+                        "before it gets 408 and is disconnected (default %(default)s)")
+    s.add_argument("--graceful-timeout", type=float, default=30.0,
+                   help="seconds to let in-flight requests finish after SIGTERM / Ctrl-C")
+    s.add_argument("--access-log", action="store_true",
+                   help="log every request (uvicorn access log)")
+    s.set_defaults(func=cmd_serve)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+)
 
+from .errors import UserError
 from .runs import write_json
 
 
@@ -19,13 +25,51 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
     loss = float(torch.nn.functional.nll_loss(logp, torch.from_numpy(labels.astype(np.int64))))
     return {
         "accuracy": float(accuracy_score(labels, preds)),
-        "macro_f1": float(f1_score(labels, preds, average="macro", labels=np.arange(logits.shape[1]), zero_division=0)),
+        "macro_f1": float(
+            f1_score(
+                labels, preds, average="macro", labels=np.arange(logits.shape[1]), zero_division=0
+            )
+        ),
         "loss": loss,
     }
 
 
-def evaluate_run(run_dir: str | Path, data_file: str | None = None, trust_pickle: bool = False,
-                 batch_size: int | None = None, quantize: str | None = None) -> dict:
+HELD_OUT = "test"  # the split `evaluate RUN_DIR` scores: eval/test (and eval/test-int8)
+
+
+def eval_dir(run_dir: Path, split: str, from_data_file: bool, overwrite: bool) -> Path:
+    """``run_dir/eval/<split>``: a name that would leave ``eval/`` is refused; one from ``--data``
+    that would replace the held-out test results is refused unless ``overwrite``."""
+    if (
+        not split
+        or split in (".", "..")
+        or "/" in split
+        or "\\" in split
+        or Path(split).is_absolute()
+        or split != Path(split).name
+    ):
+        raise UserError(
+            f"split name '{split}' cannot name a folder under '{run_dir / 'eval'}'; "
+            "rename the --data file"
+        )
+    out = run_dir / "eval" / split
+    held_out = split in (HELD_OUT, f"{HELD_OUT}-int8")
+    if from_data_file and held_out and out.exists() and not overwrite:
+        raise UserError(
+            f"--data would replace the held-out results in '{out}'; rename the file "
+            "or pass --overwrite"
+        )
+    return out
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_file: str | None = None,
+    trust_pickle: bool = False,
+    batch_size: int | None = None,
+    quantize: str | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Score a finished run on ``data_file`` (default: its test split); write ``eval/<split>/``."""
     from .data import load_test_split
     from .plotting import plot_confusion_matrix
@@ -35,26 +79,40 @@ def evaluate_run(run_dir: str | Path, data_file: str | None = None, trust_pickle
     run_dir = Path(run_dir)
     cfg, _ = load_finished_run(run_dir)
     table = load_test_split(cfg, data_file, trust_pickle)
-    predictor = Predictor.from_run(run_dir, batch_size=batch_size or cfg.train.eval_batch_size, quantize=quantize)
+    split = table.name + ("-int8" if quantize else "")
+    out = eval_dir(run_dir, split, bool(data_file), overwrite)
+    predictor = Predictor.from_run(
+        run_dir, batch_size=batch_size or cfg.train.eval_batch_size, quantize=quantize
+    )
     t0 = time.perf_counter()
     logits, truncated = predictor.logits(table.texts)
     seconds = time.perf_counter() - t0
     names = predictor.label_names
     metrics = classification_metrics(table.labels, logits)
     preds = logits.argmax(axis=1)
-    split = table.name + ("-int8" if quantize else "")
-    metrics.update({
-        "split": split, "rows": len(table), "truncated_rows": int(sum(truncated)),
-        "per_class_f1": dict(zip(names, map(float, f1_score(table.labels, preds, average=None, labels=np.arange(len(names)), zero_division=0)))),
-        "precision_used": predictor.precision, "quantized": bool(quantize),
-        "seconds": round(seconds, 3), "samples_per_s": round(len(table) / max(seconds, 1e-9), 1),
-    })
-    out = run_dir / "eval" / split
+    labels = np.arange(len(names))
+    per_class = f1_score(table.labels, preds, average=None, labels=labels, zero_division=0)
+    metrics.update(
+        {
+            "split": split,
+            "rows": len(table),
+            "truncated_rows": int(sum(truncated)),
+            "per_class_f1": dict(zip(names, map(float, per_class))),
+            "precision_used": predictor.precision,
+            "quantized": bool(quantize),
+            "seconds": round(seconds, 3),
+            "samples_per_s": round(len(table) / max(seconds, 1e-9), 1),
+        }
+    )
     out.mkdir(parents=True, exist_ok=True)
-    report = classification_report(table.labels, preds, labels=np.arange(len(names)), target_names=names, digits=4, zero_division=0)
+    report = classification_report(
+        table.labels, preds, labels=labels, target_names=names, digits=4, zero_division=0
+    )
     (out / "classification_report.txt").write_text(report, encoding="utf-8")
-    cm = confusion_matrix(table.labels, preds, labels=np.arange(len(names)))
+    cm = confusion_matrix(table.labels, preds, labels=labels)
     metrics["confusion_matrix"] = cm.tolist()
-    plot_confusion_matrix(cm, names, out / "confusion_matrix.png", title=f"{run_dir.name} — {split}")
+    plot_confusion_matrix(
+        cm, names, out / "confusion_matrix.png", title=f"{run_dir.name} — {split}"
+    )
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -15,8 +15,6 @@ never waits on the network for them.
 from __future__ import annotations
 
 import copy
-import json
-import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +22,6 @@ from pathlib import Path
 from .config import AG_NEWS_LABELS, LoraSettings
 from .errors import UserError
 from .heads import HEAD_CHOICES, differs_from_full
-
-log = logging.getLogger(__name__)
 
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32)
 _HEAD_NAMES = ("classifier", "score", "pre_classifier")  # as excluded in modeling.lora_config
@@ -444,36 +440,3 @@ def format_plan(p: Plan, top: int = 10) -> str:
         lines += ["", f"train the first: agnews-lora train --set lora.r={best.r} "
                       f"--set 'lora.target_modules=[{targets}]'{sets_}{head_}"]
     return "\n".join(lines)
-
-
-def _ranks(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--ranks expects comma-separated integers, got '{text}'") from None
-
-
-def cmd_plan(args) -> int:
-    p = plan(args.model, args.budget, _ranks(args.ranks), args.num_labels)
-    if args.json:
-        if p.note:
-            log.warning("note: %s", p.note)
-        print(json.dumps([lay.to_dict() for lay in p.layouts], indent=2), flush=True)
-    else:
-        print(format_plan(p, args.top), flush=True)
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    from .config import BudgetConfig, ModelConfig
-
-    sp = subparsers.add_parser("plan", help="list LoRA layouts and their exact trainable-parameter counts vs a budget")
-    sp.add_argument("--budget", type=int, default=BudgetConfig().max_trainable_params,
-                    help="trainable-parameter budget (default %(default)s)")
-    sp.add_argument("--model", default=ModelConfig().name_or_path,
-                    help="Hub id, local model directory or package:... (default %(default)s); only its config is read")
-    sp.add_argument("--json", action="store_true", help="print every layout as a JSON list")
-    sp.add_argument("--ranks", default=",".join(map(str, DEFAULT_RANKS)), help="LoRA ranks to try (default %(default)s)")
-    sp.add_argument("--num-labels", type=int, default=len(AG_NEWS_LABELS), help="classes of the head (default %(default)s)")
-    sp.add_argument("--top", type=int, default=10, help="fitting layouts listed first (default %(default)s)")
-    sp.set_defaults(func=cmd_plan)

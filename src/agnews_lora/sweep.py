@@ -14,14 +14,13 @@ import json
 import logging
 import re
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import Config, load_config, parse_override, read_yaml
 from .errors import TrainingInterrupted, UserError
-from .sweep_report import table, write_reports
+from .sweep_report import write_reports
 
 log = logging.getLogger(__name__)
 
@@ -280,35 +279,3 @@ def run_sweep(sweep: Sweep, progress: bool = False) -> list[dict]:
         rows += [_row(sweep, c, "pending") for c in sweep.children if c.name not in done]
         write_reports(sweep, rows)
     return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def cmd_sweep(args) -> int:
-    sweep = load_sweep(args.sweep_file, args.output_dir)
-    log.info("sweep %s: %d children -> %s", sweep.path, len(sweep.children), sweep.output_dir)
-    try:
-        rows = run_sweep(sweep, progress=not args.no_progress)
-    except TrainingInterrupted as e:
-        print(f"stopped: {e}; rerun `agnews-lora sweep {args.sweep_file}` to continue "
-              f"(finished children are skipped, the interrupted one resumes)", file=sys.stderr)
-        return 128 + int(e.signum)
-    out = Path(sweep.output_dir)
-    print("\n" + "\n".join(table(sweep, rows)) + f"\n\nwritten        {out / 'summary.csv'}  {out / 'pareto.png'}  "
-          f"{out / 'summary.md'}", flush=True)
-    failed = [r for r in rows if r["status"] == "failed"]
-    if failed:
-        print(f"{len(failed)} of {len(rows)} children failed (see the error column); rerun the sweep to retry them",
-              file=sys.stderr)
-        return 1
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    sp = subparsers.add_parser("sweep", help="train a grid / list of config overrides; summary.csv, pareto.png, summary.md")
-    sp.add_argument("sweep_file", metavar="SWEEP_YAML", help="sweep file, e.g. configs/sweeps/rank.yaml")
-    sp.add_argument("--output-dir", help="sweep directory (default: the file's output_dir, else sweeps/<file stem>)")
-    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
-    sp.set_defaults(func=cmd_sweep)

@@ -21,7 +21,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from . import checkpoint as ckpt
 from .batching import collate, train_batches
@@ -29,10 +33,16 @@ from .budget import ParamCounts, check_budget, count_params
 from .config import Config, save_config
 from .data import Encoded, encode, load_splits
 from .devices import cast_frozen_linears, resolve_precision
-from .fast_dropout import use_fast_dropout
 from .errors import TrainingInterrupted, UserError
 from .evaluation import classification_metrics
-from .modeling import apply_lora, load_base_model, load_model_config, load_tokenizer, meta_peft_model
+from .fast_dropout import use_fast_dropout
+from .modeling import (
+    apply_lora,
+    load_base_model,
+    load_model_config,
+    load_tokenizer,
+    meta_peft_model,
+)
 from .prediction import batched_logits
 from .runs import MetricsLog, default_run_name, load_run_config
 

@@ -27,29 +27,6 @@ from typing import Callable, Sequence
 log = logging.getLogger(__name__)
 
 
-def plan_forwards(lengths: Sequence[int], max_rows: int, overhead_tokens: int = 64, multiple: int = 16) -> list[tuple[int, int]]:
-    """Cut texts sorted by length (longest first) into forward passes of at most ``max_rows`` rows.
-
-    Minimises padded tokens + ``overhead_tokens`` per forward pass (dynamic programming over the
-    sorted order), so that one long text does not make 31 short ones pad to its length.  Returns
-    ``(start, stop)`` slices of the sorted order.
-    """
-    n = len(lengths)
-    padded = [-(-int(x) // multiple) * multiple for x in lengths]
-    best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(max(0, j - max_rows), j):
-            cost = best[i] + overhead_tokens + (j - i) * padded[i]  # row i is the longest of i..j-1
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    slices, j = [], n
-    while j > 0:
-        slices.append((cut[j], j))
-        j = cut[j]
-    return slices[::-1]
-
-
 class Overloaded(Exception):
     """The queue already holds ``max_queue_texts`` texts: the caller should retry later."""
 
@@ -95,8 +72,15 @@ class MicroBatcher:
     Must be started (``start()``) and used from a single running event loop.
     """
 
-    def __init__(self, fn: Callable[[list[str]], list], max_batch_size: int = 32, max_wait_ms: float = 5.0,
-                 max_queue_texts: int = 4096, batching: bool = True, workers: int = 1):
+    def __init__(
+        self,
+        fn: Callable[[list[str]], list],
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue_texts: int = 4096,
+        batching: bool = True,
+        workers: int = 1,
+    ):
         if max_batch_size < 1 or workers < 1:
             raise ValueError("max_batch_size and workers must be >= 1")
         self.fn = fn
@@ -111,11 +95,15 @@ class MicroBatcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
-        self._last_batch_requests = 1  # a lone request after a lone request is not held back for company
+        self._last_batch_requests = (
+            1  # a lone request after a lone request is not held back for company
+        )
         self.workers = workers
         self._idle_workers = workers
         self._in_flight: set[asyncio.Task] = set()
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agnews-serve-model")
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="agnews-serve-model"
+        )
 
     @property
     def queued_texts(self) -> int:
@@ -130,7 +118,9 @@ class MicroBatcher:
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._dispatch_forever(), name="micro-batcher")
+        self._task = asyncio.get_running_loop().create_task(
+            self._dispatch_forever(), name="micro-batcher"
+        )
 
     async def stop(self) -> None:
         """Finish the batches already queued, then stop the dispatcher and the worker thread."""
@@ -143,11 +133,15 @@ class MicroBatcher:
 
     async def submit(self, texts: Sequence[str]) -> list:
         """Results for ``texts`` (in order), computed in some batch; raises what ``fn`` raised for them."""
-        if not self.running:  # stopping, not started, or (a bug) the dispatcher died: never queue forever
+        if (
+            not self.running
+        ):  # stopping, not started, or (a bug) the dispatcher died: never queue forever
             raise ShuttingDown("the server is shutting down")
         if self._queued_texts + len(texts) > self.max_queue_texts and self._queue:
             self.stats.rejected_overload += 1
-            raise Overloaded(f"{self._queued_texts} texts are already queued (limit {self.max_queue_texts})")
+            raise Overloaded(
+                f"{self._queued_texts} texts are already queued (limit {self.max_queue_texts})"
+            )
         loop = asyncio.get_running_loop()
         job = _Job(list(texts), loop.create_future(), loop.time())
         self._queue.append(job)
@@ -186,7 +180,11 @@ class MicroBatcher:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self.batching and self.max_wait > 0 and (len(self._queue) > 1 or self._last_batch_requests > 1):
+            if (
+                self.batching
+                and self.max_wait > 0
+                and (len(self._queue) > 1 or self._last_batch_requests > 1)
+            ):
                 # gather: wait until the batch is full or the oldest request has waited max_wait
                 deadline = self._queue[0].arrived + self.max_wait
                 while self._queued_texts < self.max_batch_size and not self._stopping:
@@ -210,7 +208,9 @@ class MicroBatcher:
         self._in_flight.discard(task)
         self._idle_workers += 1
         exc = None if task.cancelled() else task.exception()
-        if exc is not None:  # a bug here, not in fn (_run_batch handles fn's errors): never leave a caller waiting
+        if (
+            exc is not None
+        ):  # a bug here, not in fn (_run_batch handles fn's errors): never leave a caller waiting
             log.error("micro-batch task failed: %r", exc)
             for job in batch:
                 if not job.future.done():
@@ -225,18 +225,29 @@ class MicroBatcher:
         try:
             results = await loop.run_in_executor(self._executor, self.fn, texts)
             if len(results) != len(texts):
-                raise RuntimeError(f"batch function returned {len(results)} results for {len(texts)} texts")
+                raise RuntimeError(
+                    f"batch function returned {len(results)} results for {len(texts)} texts"
+                )
         except Exception as exc:  # noqa: BLE001 - isolate the failure to the requests that cause it
             self._running_texts -= len(texts)
             self.stats.busy_seconds += time.perf_counter() - t0
             self.stats.batches += 1
             if len(batch) == 1:
-                log.error("batch of 1 request (%d texts) failed: %s: %s", len(texts), type(exc).__name__, exc,
-                          exc_info=log.isEnabledFor(logging.DEBUG))
+                log.error(
+                    "batch of 1 request (%d texts) failed: %s: %s",
+                    len(texts),
+                    type(exc).__name__,
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
                 self._fail(batch[0], exc)
                 return
-            log.warning("batch of %d requests failed (%s: %s); retrying them one by one",
-                        len(batch), type(exc).__name__, exc)
+            log.warning(
+                "batch of %d requests failed (%s: %s); retrying them one by one",
+                len(batch),
+                type(exc).__name__,
+                exc,
+            )
             for job in batch:
                 await self._run_batch([job])
             return
@@ -247,7 +258,7 @@ class MicroBatcher:
         self.stats.largest_batch_requests = max(self.stats.largest_batch_requests, len(batch))
         start = 0
         for job in batch:
-            part = results[start:start + len(job.texts)]
+            part = results[start : start + len(job.texts)]
             start += len(job.texts)
             self.stats.requests += 1
             self.stats.texts += len(job.texts)

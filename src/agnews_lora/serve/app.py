@@ -1,0 +1,387 @@
+"""The HTTP application of `agnews-lora serve`: endpoints, request validation and limits.
+
+Endpoints: ``POST /v1/classify``, ``GET /v1/info``, ``GET /health``, plus FastAPI's own
+``/openapi.json`` and ``/docs``.  Concurrent requests are gathered by
+:class:`agnews_lora.serve.batcher.MicroBatcher` into one batch that runs in a worker thread through
+`Predictor.classify` (sorted by length, cut into a few padded forward passes by
+`batching.plan_batches`).  Every error is a JSON body ``{"error": {"code": ..., "message": ...}}``
+with a 4xx/5xx status.
+
+FastAPI is imported only when serving, so the rest of the CLI does not pay for it.
+No ``from __future__ import annotations`` here: FastAPI resolves the handlers' annotations at
+runtime.
+"""
+
+import json
+import logging
+import os
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+from .. import __version__
+from .batcher import MicroBatcher, Overloaded, ShuttingDown
+from .model import default_workers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeOptions:
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_texts: int = 64
+    max_body_bytes: int = 1_048_576
+    max_queue_texts: int = 4096
+    batching: bool = True
+    workers: int = 0  # 0 = auto (serve.model.default_workers): 2 on a CPU with 2+ cores, 1 on a GPU
+    read_timeout_s: float = 10.0  # a whole request (headers + body) must arrive within this time
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def _error_response(status: int, code: str, message: str, headers: dict | None = None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+# requests -------------------------------------------------------------------------------------
+
+
+def parse_texts(payload, max_texts: int) -> list[str]:
+    """The texts of a /v1/classify body, or an ApiError saying exactly what is wrong."""
+    hint = 'send {"texts": ["...", ...]} or {"text": "..."}'
+    if not isinstance(payload, dict):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"the JSON body must be an object, got {_json_type(payload)}; {hint}",
+        )
+    unknown = sorted(set(payload) - {"text", "texts"})
+    if unknown:
+        raise ApiError(
+            422, "invalid_request", f"unknown field(s) {', '.join(map(repr, unknown))}; {hint}"
+        )
+    if ("text" in payload) == ("texts" in payload):
+        raise ApiError(422, "invalid_request", f"give exactly one of 'text' and 'texts'; {hint}")
+    if "text" in payload:
+        texts, names = [payload["text"]], ["'text'"]
+    else:
+        texts = payload["texts"]
+        if not isinstance(texts, list):
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"'texts' must be a list of strings, got {_json_type(texts)}",
+            )
+        if not texts:
+            raise ApiError(422, "invalid_request", "'texts' is empty; send at least one text")
+        if len(texts) > max_texts:
+            raise ApiError(
+                413,
+                "too_many_texts",
+                f"too many texts: {len(texts)} in one request (limit {max_texts}); "
+                "split the request",
+            )
+        names = [f"texts[{i}]" for i in range(len(texts))]
+    for name, t in zip(names, texts):
+        if not isinstance(t, str):
+            raise ApiError(422, "invalid_text", f"{name} must be a string, got {_json_type(t)}")
+        if not t.strip():
+            raise ApiError(
+                422,
+                "invalid_text",
+                f"{name} is empty; every text needs at least one non-space character",
+            )
+        try:
+            t.encode("utf-8")
+        except (
+            UnicodeEncodeError
+        ):  # JSON can spell a lone UTF-16 surrogate ("\\ud800"); UTF-8 cannot
+            raise ApiError(
+                422,
+                "invalid_text",
+                f"{name} is not valid Unicode (it holds a lone UTF-16 surrogate)",
+            ) from None
+    return texts
+
+
+def _json_type(v) -> str:
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
+
+
+class BodyLimitMiddleware:
+    """Reject request bodies over ``max_bytes`` with 413 before the app sees them (by
+    Content-Length, or counted while reading a chunked body)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(
+            b"content-length"
+        )  # the server has checked it is a number
+        if declared is not None and int(declared) > self.max_bytes:
+            return await self._reject(send, declared.decode())
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # client disconnected
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._reject(send, f"more than {self.max_bytes}")
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send, size: str):
+        message = f"request body is too large ({size} bytes; limit {self.max_bytes} bytes)"
+        body = json.dumps({"error": {"code": "body_too_large", "message": message}}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )  # the unread rest of the body makes the connection unusable
+        await send({"type": "http.response.body", "body": body})
+
+
+# the app --------------------------------------------------------------------------------------
+
+
+def _schemas(max_texts: int):
+    from pydantic import BaseModel, Field
+
+    class ClassifyRequest(BaseModel):
+        """Exactly one of `text` and `texts`."""
+
+        text: Optional[str] = Field(None, min_length=1, description="one text to classify")
+        texts: Optional[list[str]] = Field(
+            None,
+            min_length=1,
+            max_length=max_texts,
+            description=f"texts to classify (at most {max_texts})",
+        )
+        model_config = {
+            "json_schema_extra": {
+                "examples": [
+                    {"texts": ["Stocks rally as oil prices fall", "Late goal wins the cup final"]}
+                ]
+            }
+        }
+
+    class Result(BaseModel):
+        label: int
+        label_name: str
+        probabilities: dict[str, float]
+        truncated: bool = Field(
+            description="the text was longer than the model's max length and was cut"
+        )
+
+    class ClassifyResponse(BaseModel):
+        results: list[Result] = Field(description="one result per input text, in input order")
+
+    class ErrorBody(BaseModel):
+        code: str = Field(
+            description="machine-readable, e.g. malformed_json, too_many_texts, overloaded"
+        )
+        message: str = Field(description="what is wrong, for people")
+
+    class ErrorResponse(BaseModel):
+        error: ErrorBody
+
+    return ClassifyRequest, ClassifyResponse, ErrorResponse
+
+
+def public_model_name(name_or_path: str | None) -> str | None:
+    """A model's name without where it lies on this machine: a Hub id or ``package:...`` as given,
+    a local directory by its last component."""
+    if not name_or_path:
+        return name_or_path
+    local = (
+        os.path.isabs(name_or_path)
+        or name_or_path.startswith((".", "~"))
+        or os.path.exists(name_or_path)
+    )
+    return (
+        Path(name_or_path.rstrip("/\\")).name
+        if local and not name_or_path.startswith("package:")
+        else name_or_path
+    )
+
+
+def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path = ""):
+    """The FastAPI application around a loaded (and warmed-up) ``Predictor``."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    options = replace(
+        options, workers=options.workers or default_workers(predictor.device.type)
+    )  # 0 = auto
+    batcher = MicroBatcher(
+        batch_fn,
+        options.max_batch_size,
+        options.max_wait_ms,
+        options.max_queue_texts,
+        options.batching,
+        options.workers,
+    )
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        await batcher.stop()
+        s = batcher.stats
+        log.info("stopped: %d requests, %d texts in %d batches", s.requests, s.texts, s.batches)
+
+    ClassifyRequest, ClassifyResponse, ErrorResponse = _schemas(options.max_texts)
+    app = FastAPI(
+        title="agnews-lora classifier",
+        version=__version__,
+        lifespan=lifespan,
+        description="Text classification with the merged LoRA model of run "
+        f"`{Path(run_dir).name}`.",
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=options.max_body_bytes)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return _error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc):  # still logged with its traceback by the server
+        return _error_response(500, "internal_error", f"unexpected error: {type(exc).__name__}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error_response(
+            exc.status_code, code, str(exc.detail), getattr(exc, "headers", None)
+        )
+
+    errors = {s: {"model": ErrorResponse} for s in (400, 413, 415, 422, 500, 503)}
+
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=errors,
+        summary="Classify texts",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ClassifyRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def classify(request: Request):
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json" and not (
+            media.startswith("application/") and media.endswith("+json")
+        ):
+            got = f"'{media}'" if media else "no Content-Type"
+            raise ApiError(
+                415, "unsupported_media_type", f"send the body as application/json (got {got})"
+            )
+        body = await request.body()
+        if not body.strip():
+            raise ApiError(
+                400, "malformed_json", "the request body is empty; expected a JSON object"
+            )
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(
+                400, "malformed_json", f"the request body is not valid JSON: {e}"
+            ) from None
+        except RecursionError:
+            raise ApiError(
+                400,
+                "malformed_json",
+                "the request body is nested too deeply; expected an object of texts",
+            ) from None
+        texts = parse_texts(payload, options.max_texts)
+        try:
+            results = await batcher.submit(texts)
+        except Overloaded as e:
+            raise ApiError(
+                503, "overloaded", f"server overloaded: {e}; retry later", {"Retry-After": "1"}
+            ) from None
+        except ShuttingDown as e:
+            raise ApiError(503, "shutting_down", str(e)) from None
+        except Exception as e:  # noqa: BLE001 - this request's batch failed; the server goes on
+            raise ApiError(
+                500, "inference_failed", f"inference failed: {type(e).__name__}: {e}"
+            ) from None
+        return JSONResponse({"results": results})
+
+    @app.get(
+        "/health",
+        summary="Readiness: 200 once the model is loaded and warmed up",
+        responses={503: {"model": ErrorResponse}},
+    )
+    async def health():
+        if state["ready"] and batcher.running:
+            return {"status": "ok"}
+        return _error_response(503, "not_ready", "starting up or shutting down")
+
+    summary = getattr(predictor, "summary", {}) or {}
+    params, best = summary.get("params", {}), summary.get("best", {})
+    info = {
+        "run": Path(run_dir).name,
+        "base_model": public_model_name(summary.get("base_model")),
+        "labels": list(predictor.label_names),
+        "max_length": predictor.max_length,
+        "parameters": {k: params.get(k) for k in ("trainable", "total", "lora", "head")},
+        "validation_accuracy": best.get("val_accuracy"),
+        "precision": predictor.precision,
+        "quantized": bool(getattr(predictor, "quantized", False)),
+        "device": str(predictor.device),
+        "training_precision": summary.get("precision"),
+        "serving": asdict(options),
+    }
+
+    @app.get(
+        "/v1/info", summary="The model behind the endpoint, the serving limits and live counters"
+    )
+    async def model_info():
+        return {**info, "stats": batcher.stats_dict()}
+
+    return app
