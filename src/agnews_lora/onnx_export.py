@@ -27,15 +27,15 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from .errors import UserError
-from .runtimes import RUNTIME_BACKENDS, export_dir, export_name, padded_batches, require
 from .runs import load_finished_run, write_json
+from .runtimes import RUNTIME_BACKENDS, export_dir, export_name, padded_batches, require
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +70,18 @@ def _packages(fmt: str, int8: bool) -> None:
         require("nncf", "openvino")
 
 
-def source_fingerprint(merged: Path) -> dict:
+def source_fingerprint(merged: Path, hash_files: bool = True) -> dict:
     """sha256 and newest mtime of ``merged/``'s config and weights: which model an export is of."""
     files = sorted([merged / "config.json", *merged.glob("*.safetensors")])
     h = hashlib.sha256()
-    for f in files:
+    for f in files if hash_files else ():
         h.update(f.name.encode())
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     mtime = max(f.stat().st_mtime for f in files)
-    return {"path": "merged", "sha256": h.hexdigest(), "mtime": time.strftime(
-        "%Y-%m-%dT%H:%M:%S%z", time.localtime(mtime))}
+    return {"path": "merged", "sha256": h.hexdigest() if hash_files else None,
+            "mtime": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(mtime))}
 
 
 def load_torch_model(run_dir: Path, cfg):
@@ -94,7 +94,7 @@ def load_torch_model(run_dir: Path, cfg):
         model = AutoModelForSequenceClassification.from_pretrained(
             merged, attn_implementation=cfg.model.attn_implementation, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(merged)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure of the library: one line
         raise UserError(f"run '{run_dir}': merged/ model cannot be loaded "
                         f"({type(e).__name__}: {str(e)[:120]}); train it again") from None
     return model.eval().requires_grad_(False), tokenizer
@@ -145,7 +145,7 @@ def export_onnx_file(model, path: Path, opset: int = OPSET) -> None:
                 output_names=["logits"], opset_version=opset, dynamo=True, external_data=False,
                 dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
                 verbose=False)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure of the library: one line
         raise UserError(f"torch.onnx cannot export this model ({type(e).__name__}: "
                         f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''})") from None
 

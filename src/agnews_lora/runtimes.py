@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class OnnxBackend:
         try:
             self.session = ort.InferenceSession(str(self.path / "model.onnx"), opts,
                                                 providers=["CPUExecutionProvider"])
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure of the library: one line
             raise UserError(f"'{self.path}': ONNX Runtime cannot load model.onnx "
                             f"({type(e).__name__}: {str(e)[:120]}); export again") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -125,7 +125,7 @@ class OpenVinoBackend:
             core = ov.Core()
             self.compiled = core.compile_model(core.read_model(str(self.path / "model.xml")), "CPU",
                                                config)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure of the library: one line
             raise UserError(f"'{self.path}': OpenVINO cannot load model.xml "
                             f"({type(e).__name__}: {str(e)[:120]}); export again") from None
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
@@ -147,7 +147,23 @@ def load_backend(run_dir: str | Path, name: str, int8: bool = False, threads: in
     check_backend(name)
     if name not in RUNTIME_BACKENDS:
         raise ValueError(f"backend '{name}' is not an exported runtime")
-    return RUNTIME_BACKENDS[name](export_dir(run_dir, name, int8), threads=threads)
+    path = export_dir(run_dir, name, int8)
+    check_fresh(Path(run_dir), path, read_export_info(path, name))
+    return RUNTIME_BACKENDS[name](path, threads=threads)
+
+
+def check_fresh(run_dir: Path, path: Path, info: dict) -> None:
+    """UserError when ``merged/`` is no longer the model that was exported (the run was retrained)."""
+    from .onnx_export import source_fingerprint
+
+    merged = run_dir / "merged"
+    source = info.get("source") or {}
+    if not (merged / "config.json").is_file() or not source.get("sha256"):
+        return
+    now = source_fingerprint(merged, hash_files=False)
+    if now["mtime"] != source.get("mtime") and source_fingerprint(merged)["sha256"] != source["sha256"]:
+        raise UserError(f"'{path}' was exported from an older merged/ model; export again "
+                        "with --overwrite")
 
 
 def padded_batches(tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 128,
