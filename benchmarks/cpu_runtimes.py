@@ -54,8 +54,9 @@ def torch_runner(run_dir: str, precision: str, batch_size: int):
     return lambda texts: p.logits(texts)[0]
 
 
-def runtime_runner(run_dir: str, fmt: str, int8: bool, batch_size: int, threads: int | None,
-                   export: bool):
+def runtime_runner(
+    run_dir: str, fmt: str, int8: bool, batch_size: int, threads: int | None, export: bool
+):
     """``(None, logits_fn)``, or ``(reason, None)`` when this runtime cannot run here."""
     from transformers import AutoTokenizer
 
@@ -117,12 +118,18 @@ def main() -> int:
     plan = [("torch-fp32", lambda: (None, torch_runner(args.run, "fp32", args.batch_size)))]
     default = resolve_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
     if default != "fp32":
-        plan.append((f"torch-{default}",
-                     lambda: (None, torch_runner(args.run, "auto", args.batch_size))))
+        plan.append(
+            (f"torch-{default}", lambda: (None, torch_runner(args.run, "auto", args.batch_size)))
+        )
     for fmt, int8 in RUNTIMES:
-        plan.append((fmt + ("-int8" if int8 else ""),
-                     lambda f=fmt, q=int8: runtime_runner(args.run, f, q, args.batch_size,
-                                                          args.threads, not args.no_export)))
+        plan.append(
+            (
+                fmt + ("-int8" if int8 else ""),
+                lambda f=fmt, q=int8: runtime_runner(
+                    args.run, f, q, args.batch_size, args.threads, not args.no_export
+                ),
+            )
+        )
 
     results, ref = [], None
     for name, make in plan:
@@ -137,14 +144,19 @@ def main() -> int:
         if ref is None:
             ref = logits
         p, q = softmax(logits.astype(np.float64)), softmax(ref.astype(np.float64))
-        results.append({
-            "backend": name, "rows": n, "seconds": round(seconds, 3),
-            "samples_per_s": round(n / max(seconds, 1e-9), 1),
-            "accuracy": float((logits.argmax(1) == labels).mean()),
-            "agreement_vs_torch_fp32": float((logits.argmax(1) == ref.argmax(1)).mean()),
-            "max_abs_prob_diff_vs_torch_fp32": float(np.abs(p - q).max()),
-            "loadavg_before": load_before, "loadavg_after": C.loadavg(),
-        })
+        results.append(
+            {
+                "backend": name,
+                "rows": n,
+                "seconds": round(seconds, 3),
+                "samples_per_s": round(n / max(seconds, 1e-9), 1),
+                "accuracy": float((logits.argmax(1) == labels).mean()),
+                "agreement_vs_torch_fp32": float((logits.argmax(1) == ref.argmax(1)).mean()),
+                "max_abs_prob_diff_vs_torch_fp32": float(np.abs(p - q).max()),
+                "loadavg_before": load_before,
+                "loadavg_after": C.loadavg(),
+            }
+        )
     base = {r["backend"]: r["samples_per_s"] for r in results if "samples_per_s" in r}
     default_name = f"torch-{default}" if default != "fp32" else "torch-fp32"
     for r in results:
@@ -152,22 +164,34 @@ def main() -> int:
             r["vs_torch_fp32"] = round(r["samples_per_s"] / base["torch-fp32"], 2)
             r["vs_torch_default"] = round(r["samples_per_s"] / base[default_name], 2)
 
-    print(f"{n} rows of {args.data or 'the test split'}; threads {args.threads or 'default'}; "
-          f"PyTorch default precision {default}")
-    print(f"{'backend':<16}{'samples/s':>10}{'x fp32':>8}{'x default':>10}{'accuracy':>10}"
-          f"{'agree':>8}{'max|Δp|':>10}")
+    print(
+        f"{n} rows of {args.data or 'the test split'}; threads {args.threads or 'default'}; "
+        f"PyTorch default precision {default}"
+    )
+    print(
+        f"{'backend':<16}{'samples/s':>10}{'x fp32':>8}{'x default':>10}{'accuracy':>10}"
+        f"{'agree':>8}{'max|Δp|':>10}"
+    )
     for r in results:
         if "skipped" in r:
             print(f"{r['backend']:<16}  skipped: {r['skipped']}")
             continue
-        print(f"{r['backend']:<16}{r['samples_per_s']:>10.1f}{r['vs_torch_fp32']:>8.2f}"
-              f"{r['vs_torch_default']:>10.2f}{r['accuracy']:>10.4f}"
-              f"{r['agreement_vs_torch_fp32']:>8.4f}{r['max_abs_prob_diff_vs_torch_fp32']:>10.2g}")
+        print(
+            f"{r['backend']:<16}{r['samples_per_s']:>10.1f}{r['vs_torch_fp32']:>8.2f}"
+            f"{r['vs_torch_default']:>10.2f}{r['accuracy']:>10.4f}"
+            f"{r['agreement_vs_torch_fp32']:>8.4f}{r['max_abs_prob_diff_vs_torch_fp32']:>10.2g}"
+        )
     if args.json:
-        report = {"run": str(args.run), "data": args.data or "test split", "rows": n,
-                  "batch_size": args.batch_size, "threads": args.threads,
-                  "torch_default_precision": default, "machine": C.machine_info(),
-                  "results": results}
+        report = {
+            "run": str(args.run),
+            "data": args.data or "test split",
+            "rows": n,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "torch_default_precision": default,
+            "machine": C.machine_info(),
+            "results": results,
+        }
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
 

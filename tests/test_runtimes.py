@@ -37,12 +37,20 @@ HAS_ONNX = has("onnx", "onnxscript", "onnxruntime")
 HAS_OPENVINO = has("onnx", "onnxscript", "openvino")
 HAS_NNCF = HAS_OPENVINO and has("nncf")
 VARIANTS = [
-    pytest.param("onnx", False, marks=pytest.mark.skipif(not HAS_ONNX, reason="pip install '.[onnx]'")),
-    pytest.param("onnx", True, marks=pytest.mark.skipif(not HAS_ONNX, reason="pip install '.[onnx]'")),
-    pytest.param("openvino", False,
-                 marks=pytest.mark.skipif(not HAS_OPENVINO, reason="pip install '.[openvino]'")),
-    pytest.param("openvino", True,
-                 marks=pytest.mark.skipif(not HAS_NNCF, reason="pip install '.[openvino]'")),
+    pytest.param(
+        "onnx", False, marks=pytest.mark.skipif(not HAS_ONNX, reason="pip install '.[onnx]'")
+    ),
+    pytest.param(
+        "onnx", True, marks=pytest.mark.skipif(not HAS_ONNX, reason="pip install '.[onnx]'")
+    ),
+    pytest.param(
+        "openvino",
+        False,
+        marks=pytest.mark.skipif(not HAS_OPENVINO, reason="pip install '.[openvino]'"),
+    ),
+    pytest.param(
+        "openvino", True, marks=pytest.mark.skipif(not HAS_NNCF, reason="pip install '.[openvino]'")
+    ),
 ]
 
 
@@ -133,9 +141,17 @@ def test_onnx_exporter_handles_bert_at_any_batch_and_length(tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, num_labels=4)).eval()
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=300,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            num_labels=4,
+        )
+    ).eval()
     onnx_export.export_onnx_file(model, tmp_path / "bert.onnx")
     session = ort.InferenceSession(str(tmp_path / "bert.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
@@ -143,9 +159,11 @@ def test_onnx_exporter_handles_bert_at_any_batch_and_length(tmp_path):
     for batch, length in ((1, 3), (5, 50)):
         ids = rng.integers(5, 300, (batch, length)).astype(np.int64)
         mask = np.ones_like(ids)
-        mask[0, length // 2 + 1:] = 0
+        mask[0, length // 2 + 1 :] = 0
         with torch.inference_mode():
-            ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+            ref = model(
+                input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)
+            ).logits
         got = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         assert got.shape == (batch, 4) and np.abs(got - ref.numpy()).max() < 1e-5
 
@@ -158,12 +176,15 @@ class Flipped(OnnxBackend):
 
 
 @pytest.mark.skipif(not HAS_ONNX, reason="pip install '.[onnx]'")
-def test_export_that_disagrees_is_refused_and_leaves_nothing(run_copy, exported, tmp_path,
-                                                             monkeypatch):
+def test_export_that_disagrees_is_refused_and_leaves_nothing(
+    run_copy, exported, tmp_path, monkeypatch
+):
     model_file = exported("onnx", False) / "model.onnx"
     run = Path(shutil.copytree(run_copy, tmp_path / "run", ignore=shutil.ignore_patterns("export")))
     # the real exporter ran above; here its output is copied in, and the runtime is broken
-    monkeypatch.setattr(onnx_export, "export_onnx_file", lambda model, path, **_: shutil.copy(model_file, path))
+    monkeypatch.setattr(
+        onnx_export, "export_onnx_file", lambda model, path, **_: shutil.copy(model_file, path)
+    )
     monkeypatch.setitem(onnx_export.RUNTIME_BACKENDS, "onnx", Flipped)
     with pytest.raises(UserError, match="disagrees with PyTorch on validation rows.*not written"):
         export_model(run, "onnx")
@@ -183,8 +204,10 @@ def test_export_that_disagrees_is_refused_and_leaves_nothing(run_copy, exported,
 
 
 def test_missing_optional_packages_name_the_extra(trained_run, monkeypatch, tmp_path):
-    for module, extra, fmt, backend in (("onnxruntime", "onnx", "onnx", OnnxBackend),
-                                        ("openvino", "openvino", "openvino", OpenVinoBackend)):
+    for module, extra, fmt, backend in (
+        ("onnxruntime", "onnx", "onnx", OnnxBackend),
+        ("openvino", "openvino", "openvino", OpenVinoBackend),
+    ):
         monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
         with pytest.raises(UserError, match=rf"pip install 'agnews-lora\[{extra}\]'"):
             export_model(trained_run, fmt)
@@ -201,7 +224,9 @@ def test_unknown_backend_or_format_and_missing_export_are_user_errors(trained_ru
     with pytest.raises(UserError, match="unknown export format 'tflite' .*onnx, openvino"):
         export_model(trained_run, "tflite")
     if HAS_ONNX:
-        with pytest.raises(UserError, match="no onnx export in .*agnews-lora export RUN_DIR --format onnx"):
+        with pytest.raises(
+            UserError, match="no onnx export in .*agnews-lora export RUN_DIR --format onnx"
+        ):
             load_backend(trained_run, "onnx", int8=True)
     assert export_dir(trained_run, "openvino", True) == trained_run / "export" / "openvino-int8"
 
@@ -212,23 +237,48 @@ def test_backend_passes_zero_segment_ids_to_graphs_that_take_them():
     ids = np.array([[5, 6, 7]], dtype=np.int32)
     feeds = _feeds(["input_ids", "attention_mask", "token_type_ids"], ids, np.ones_like(ids))
     assert feeds["input_ids"].dtype == np.int64 and feeds["token_type_ids"].tolist() == [[0, 0, 0]]
-    assert set(_feeds(["input_ids", "attention_mask"], ids, np.ones_like(ids))) == {"input_ids",
-                                                                                     "attention_mask"}
+    assert set(_feeds(["input_ids", "attention_mask"], ids, np.ones_like(ids))) == {
+        "input_ids",
+        "attention_mask",
+    }
     with pytest.raises(UserError, match="position_ids"):
         _feeds(["input_ids", "position_ids"], ids, np.ones_like(ids))
 
 
 @pytest.mark.skipif(not HAS_ONNX, reason="pip install '.[onnx]'")
-def test_cpu_runtimes_benchmark_prints_a_table_and_writes_json(run_copy, exported, data_dir,
-                                                              tmp_path):
-    for fmt, int8 in [("onnx", False), ("onnx", True)] + ([("openvino", False)] if HAS_OPENVINO else []):
+def test_cpu_runtimes_benchmark_prints_a_table_and_writes_json(
+    run_copy, exported, data_dir, tmp_path
+):
+    for fmt, int8 in [("onnx", False), ("onnx", True)] + (
+        [("openvino", False)] if HAS_OPENVINO else []
+    ):
         exported(fmt, int8)
-    run = shutil.copytree(run_copy, tmp_path / "run", ignore=shutil.ignore_patterns("openvino-int8"))
+    run = shutil.copytree(
+        run_copy, tmp_path / "run", ignore=shutil.ignore_patterns("openvino-int8")
+    )
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "cpu_runtimes.py"), "--run", str(run),
-         "--data", str(data_dir / "test.csv"), "--rows", "100", "--threads", "1", "--no-export",
-         "--json", str(out)], check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "cpu_runtimes.py"),
+            "--run",
+            str(run),
+            "--data",
+            str(data_dir / "test.csv"),
+            "--rows",
+            "100",
+            "--threads",
+            "1",
+            "--no-export",
+            "--json",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {r["backend"]: r for r in report["results"]}

@@ -56,8 +56,10 @@ class Tolerance:
 # top two are within 2e-3: those rows are not counted). int8 moves probabilities by up to a few
 # 1e-2 and flips near-ties; flips between two labels PyTorch rates within 5 points of each other
 # are not counted, more than 1 % flipped among the other rows is an accuracy loss worth refusing.
-TOLERANCES = {False: Tolerance(max_prob_diff=1e-3, min_agreement=1.0, tie_margin=2e-3),
-              True: Tolerance(max_prob_diff=0.1, min_agreement=0.99, tie_margin=0.05)}
+TOLERANCES = {
+    False: Tolerance(max_prob_diff=1e-3, min_agreement=1.0, tie_margin=2e-3),
+    True: Tolerance(max_prob_diff=0.1, min_agreement=0.99, tie_margin=0.05),
+}
 
 
 def _packages(fmt: str, int8: bool) -> None:
@@ -80,8 +82,11 @@ def source_fingerprint(merged: Path, hash_files: bool = True) -> dict:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     mtime = max(f.stat().st_mtime for f in files)
-    return {"path": "merged", "sha256": h.hexdigest() if hash_files else None,
-            "mtime": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(mtime))}
+    return {
+        "path": "merged",
+        "sha256": h.hexdigest() if hash_files else None,
+        "mtime": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(mtime)),
+    }
 
 
 def load_torch_model(run_dir: Path, cfg):
@@ -92,11 +97,14 @@ def load_torch_model(run_dir: Path, cfg):
     merged = run_dir / "merged"
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            merged, attn_implementation=cfg.model.attn_implementation, dtype=torch.float32)
+            merged, attn_implementation=cfg.model.attn_implementation, dtype=torch.float32
+        )
         tokenizer = AutoTokenizer.from_pretrained(merged)
     except Exception as e:  # noqa: BLE001 - any failure of the library: one line
-        raise UserError(f"run '{run_dir}': merged/ model cannot be loaded "
-                        f"({type(e).__name__}: {str(e)[:120]}); train it again") from None
+        raise UserError(
+            f"run '{run_dir}': merged/ model cannot be loaded "
+            f"({type(e).__name__}: {str(e)[:120]}); train it again"
+        ) from None
     return model.eval().requires_grad_(False), tokenizer
 
 
@@ -130,7 +138,7 @@ def _logits_module(model):
 
 
 def export_onnx_file(model, path: Path, opset: int = OPSET) -> None:
-    """``model`` (a transformers sequence classifier) -> ``path`` (ONNX, dynamic batch x sequence)."""
+    """A transformers sequence classifier -> ``path`` (ONNX, dynamic batch x sequence axes)."""
     import torch
     from torch.export import Dim
 
@@ -141,17 +149,29 @@ def export_onnx_file(model, path: Path, opset: int = OPSET) -> None:
     try:
         with _quiet("torch.onnx", "torch.export", "onnxscript"):
             torch.onnx.export(
-                _logits_module(model), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
-                output_names=["logits"], opset_version=opset, dynamo=True, external_data=False,
-                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-                verbose=False)
+                _logits_module(model),
+                (ids, mask),
+                str(path),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["logits"],
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes={
+                    "input_ids": {0: batch, 1: seq},
+                    "attention_mask": {0: batch, 1: seq},
+                },
+                verbose=False,
+            )
     except Exception as e:  # noqa: BLE001 - any failure of the library: one line
-        raise UserError(f"torch.onnx cannot export this model ({type(e).__name__}: "
-                        f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''})") from None
+        raise UserError(
+            f"torch.onnx cannot export this model ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''})"
+        ) from None
 
 
 def quantize_onnx_file(src: Path, dst: Path) -> None:
-    """ONNX Runtime dynamic quantisation: int8 (QInt8) weights, activations quantised at run time."""
+    """ONNX Runtime dynamic quantisation: QInt8 weights, activations quantised at run time."""
     require("onnxruntime.quantization", "onnx")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -170,7 +190,9 @@ def convert_openvino(onnx_path: Path, xml_path: Path, int8: bool) -> None:
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
 
 
-def check_texts(cfg, texts: Sequence[str] | None, rows: int, seed: int = 0) -> tuple[list[str], str]:
+def check_texts(
+    cfg, texts: Sequence[str] | None, rows: int, seed: int = 0
+) -> tuple[list[str], str]:
     """Up to ``rows`` texts to compare on: the run's validation rows if loadable, else ``texts``."""
     from .data import load_splits
 
@@ -179,8 +201,10 @@ def check_texts(cfg, texts: Sequence[str] | None, rows: int, seed: int = 0) -> t
     except Exception as e:  # noqa: BLE001 - no training file here / no Hub: fall back to the texts
         log.info("validation rows unavailable for the export check (%s)", e)
         if not texts:
-            raise UserError("the run's validation rows cannot be loaded here and no texts were given "
-                            "to check the export against PyTorch") from None
+            raise UserError(
+                "the run's validation rows cannot be loaded here and no texts were given "
+                "to check the export against PyTorch"
+            ) from None
         pool, source = list(texts), "given texts"
     if len(pool) > rows:
         pick = np.sort(np.random.default_rng(seed).choice(len(pool), rows, replace=False))
@@ -188,8 +212,15 @@ def check_texts(cfg, texts: Sequence[str] | None, rows: int, seed: int = 0) -> t
     return pool, source
 
 
-def agreement(model, backend, tokenizer, texts: Sequence[str], max_length: int,
-              tie_margin: float, batch_size: int = 64) -> dict:
+def agreement(
+    model,
+    backend,
+    tokenizer,
+    texts: Sequence[str],
+    max_length: int,
+    tie_margin: float,
+    batch_size: int = 64,
+) -> dict:
     """PyTorch (fp32) vs ``backend`` on the same padded batches: label agreement and |Δ prob|.
 
     ``label_agreement`` counts every row; ``decided_agreement`` only the ``decided_rows``, those
@@ -219,14 +250,22 @@ def agreement(model, backend, tokenizer, texts: Sequence[str], max_length: int,
             worst = max(worst, float(d.max()))
             worst_logit = max(worst_logit, float(np.abs(ref - got).max()))
             n += len(ids)
-    return {"rows": n, "label_agreement": same / max(n, 1), "decided_rows": decided,
-            "decided_agreement": decided_same / max(decided, 1), "max_abs_prob_diff": worst,
-            "mean_max_abs_prob_diff": diffs / max(n, 1), "max_abs_logit_diff": worst_logit}
+    return {
+        "rows": n,
+        "label_agreement": same / max(n, 1),
+        "decided_rows": decided,
+        "decided_agreement": decided_same / max(decided, 1),
+        "max_abs_prob_diff": worst,
+        "mean_max_abs_prob_diff": diffs / max(n, 1),
+        "max_abs_logit_diff": worst_logit,
+    }
 
 
 def _within(figures: dict, tol: Tolerance) -> bool:
-    return (figures["max_abs_prob_diff"] <= tol.max_prob_diff
-            and figures["decided_agreement"] >= tol.min_agreement)
+    return (
+        figures["max_abs_prob_diff"] <= tol.max_prob_diff
+        and figures["decided_agreement"] >= tol.min_agreement
+    )
 
 
 def _write_model(model, fmt: str, int8: bool, out: Path, scratch: Path) -> None:
@@ -241,7 +280,9 @@ def _write_model(model, fmt: str, int8: bool, out: Path, scratch: Path) -> None:
 def _versions(fmt: str) -> dict:
     import importlib.metadata as md
 
-    names = ["torch", "onnx", "onnxscript"] + (["onnxruntime"] if fmt == "onnx" else ["openvino", "nncf"])
+    names = ["torch", "onnx", "onnxscript"] + (
+        ["onnxruntime"] if fmt == "onnx" else ["openvino", "nncf"]
+    )
     out = {}
     for name in names:
         with contextlib.suppress(md.PackageNotFoundError):
@@ -249,9 +290,16 @@ def _versions(fmt: str) -> dict:
     return out
 
 
-def export_model(run_dir: str | Path, fmt: str, int8: bool = False, overwrite: bool = False,
-                 texts: Sequence[str] | None = None, check_rows: int = 1000,
-                 tolerance: Tolerance | None = None, threads: int | None = None) -> Path:
+def export_model(
+    run_dir: str | Path,
+    fmt: str,
+    int8: bool = False,
+    overwrite: bool = False,
+    texts: Sequence[str] | None = None,
+    check_rows: int = 1000,
+    tolerance: Tolerance | None = None,
+    threads: int | None = None,
+) -> Path:
     """Export ``RUN_DIR/merged`` to ``RUN_DIR/export/<fmt>[-int8]/`` and return that directory.
 
     Refused (UserError, nothing written) when the format or a package is missing, the directory
@@ -283,22 +331,35 @@ def export_model(run_dir: str | Path, fmt: str, int8: bool = False, overwrite: b
         seconds = time.perf_counter() - t0
         tokenizer.save_pretrained(tmp)
         shutil.copy2(run_dir / "merged" / "config.json", tmp / "config.json")
-        info = {"format": fmt, "int8": bool(int8), "opset": OPSET, "max_length": cfg.model.max_length,
-                "label_names": [str(n) for n in cfg.data.label_names],
-                "source": source_fingerprint(run_dir / "merged"),
-                "quantization": _quantization(fmt, int8), "export_seconds": round(seconds, 2),
-                "versions": _versions(fmt), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        info = {
+            "format": fmt,
+            "int8": bool(int8),
+            "opset": OPSET,
+            "max_length": cfg.model.max_length,
+            "label_names": [str(n) for n in cfg.data.label_names],
+            "source": source_fingerprint(run_dir / "merged"),
+            "quantization": _quantization(fmt, int8),
+            "export_seconds": round(seconds, 2),
+            "versions": _versions(fmt),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         write_json(tmp / "export.json", info)
         backend = RUNTIME_BACKENDS[fmt](tmp, threads=threads)
         figures = agreement(model, backend, tokenizer, sample, cfg.model.max_length, tol.tie_margin)
-        info["check"] = {**figures, "rows_from": sample_source, "tolerance": asdict(tol),
-                         "passed": _within(figures, tol)}
+        info["check"] = {
+            **figures,
+            "rows_from": sample_source,
+            "tolerance": asdict(tol),
+            "passed": _within(figures, tol),
+        }
         if not info["check"]["passed"]:
             raise UserError(
-                f"the {name} export disagrees with PyTorch on {sample_source} rows: label agreement "
-                f"{figures['decided_agreement']:.2%} of {figures['decided_rows']} rows PyTorch decides "
-                f"by >= {tol.tie_margin:g} (needs >= {tol.min_agreement:.2%}), max |Δ prob| "
-                f"{figures['max_abs_prob_diff']:.2g} (needs <= {tol.max_prob_diff:.2g}); not written")
+                f"the {name} export disagrees with PyTorch on {sample_source} rows: label "
+                f"agreement {figures['decided_agreement']:.2%} of {figures['decided_rows']} rows "
+                f"PyTorch decides by >= {tol.tie_margin:g} (needs >= {tol.min_agreement:.2%}), "
+                f"max |Δ prob| {figures['max_abs_prob_diff']:.2g} "
+                f"(needs <= {tol.max_prob_diff:.2g}); not written"
+            )
         write_json(tmp / "export.json", info)
         del backend
         if target.exists():
@@ -317,5 +378,7 @@ def _quantization(fmt: str, int8: bool) -> str | None:
     if not int8:
         return None
     if fmt == "onnx":
-        return "onnxruntime dynamic quantisation: QInt8 weights (MatMul), uint8 activations per batch"
+        return (
+            "onnxruntime dynamic quantisation: QInt8 weights (MatMul), uint8 activations per batch"
+        )
     return "NNCF weight compression: INT8_ASYM weights, per output channel; fp32 activations"

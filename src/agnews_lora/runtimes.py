@@ -22,8 +22,13 @@ from .errors import UserError
 
 BACKENDS = ("torch", "onnx", "openvino")  # the names `--backend` accepts; torch is prediction.py's
 FORMATS = ("onnx", "openvino")  # what `export` writes; each is also a backend name
-EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "openvino": "openvino",
-          "nncf": "openvino"}
+EXTRAS = {
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "openvino": "openvino",
+    "nncf": "openvino",
+}
 MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
 
 
@@ -33,7 +38,9 @@ def require(module: str, extra: str | None = None):
         return importlib.import_module(module)
     except ImportError:
         extra = extra or EXTRAS.get(module.split(".")[0], module)
-        raise UserError(f"'{module}' is not installed: pip install 'agnews-lora[{extra}]'") from None
+        raise UserError(
+            f"'{module}' is not installed: pip install 'agnews-lora[{extra}]'"
+        ) from None
 
 
 def check_backend(name: str) -> str:
@@ -58,8 +65,10 @@ def read_export_info(path: str | Path, fmt: str) -> dict:
     path = Path(path)
     info_path = path / "export.json"
     if not (path / MODEL_FILES[fmt]).is_file() or not info_path.is_file():
-        raise UserError(f"no {fmt} export in '{path}'; write one with "
-                        f"`agnews-lora export RUN_DIR --format {fmt}` (add --int8 for int8)")
+        raise UserError(
+            f"no {fmt} export in '{path}'; write one with "
+            f"`agnews-lora export RUN_DIR --format {fmt}` (add --int8 for int8)"
+        )
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -71,17 +80,22 @@ def read_export_info(path: str | Path, fmt: str) -> dict:
 
 def _feeds(names: Sequence[str], input_ids: np.ndarray, attention_mask: np.ndarray) -> dict:
     ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-    feeds = {"input_ids": ids, "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+    }
     if "token_type_ids" in names:  # BERT-style graphs that take segment ids: one segment
         feeds["token_type_ids"] = np.zeros_like(ids)
     unknown = set(names) - set(feeds)
     if unknown:
-        raise UserError(f"the exported model wants inputs {sorted(unknown)} that agnews-lora does not make")
+        raise UserError(
+            f"the exported model wants inputs {sorted(unknown)} that agnews-lora does not make"
+        )
     return {k: v for k, v in feeds.items() if k in names}
 
 
 class OnnxBackend:
-    """ONNX Runtime (CPU execution provider) on ``PATH/model.onnx``; ``threads`` None = its default."""
+    """ONNX Runtime (CPU execution provider) on ``PATH/model.onnx``; ``threads``: None = default."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
         ort = require("onnxruntime")
@@ -94,11 +108,14 @@ class OnnxBackend:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(self.path / "model.onnx"), opts,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(self.path / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+            )
         except Exception as e:  # noqa: BLE001 - any failure of the library: one line
-            raise UserError(f"'{self.path}': ONNX Runtime cannot load model.onnx "
-                            f"({type(e).__name__}: {str(e)[:120]}); export again") from None
+            raise UserError(
+                f"'{self.path}': ONNX Runtime cannot load model.onnx "
+                f"({type(e).__name__}: {str(e)[:120]}); export again"
+            ) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -123,11 +140,14 @@ class OpenVinoBackend:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
             core = ov.Core()
-            self.compiled = core.compile_model(core.read_model(str(self.path / "model.xml")), "CPU",
-                                               config)
+            self.compiled = core.compile_model(
+                core.read_model(str(self.path / "model.xml")), "CPU", config
+            )
         except Exception as e:  # noqa: BLE001 - any failure of the library: one line
-            raise UserError(f"'{self.path}': OpenVINO cannot load model.xml "
-                            f"({type(e).__name__}: {str(e)[:120]}); export again") from None
+            raise UserError(
+                f"'{self.path}': OpenVINO cannot load model.xml "
+                f"({type(e).__name__}: {str(e)[:120]}); export again"
+            ) from None
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
         self.request = self.compiled.create_infer_request()
 
@@ -153,7 +173,7 @@ def load_backend(run_dir: str | Path, name: str, int8: bool = False, threads: in
 
 
 def check_fresh(run_dir: Path, path: Path, info: dict) -> None:
-    """UserError when ``merged/`` is no longer the model that was exported (the run was retrained)."""
+    """UserError when ``merged/`` is no longer the model that was exported (retrained run)."""
     from .onnx_export import source_fingerprint
 
     merged = run_dir / "merged"
@@ -161,13 +181,23 @@ def check_fresh(run_dir: Path, path: Path, info: dict) -> None:
     if not (merged / "config.json").is_file() or not source.get("sha256"):
         return
     now = source_fingerprint(merged, hash_files=False)
-    if now["mtime"] != source.get("mtime") and source_fingerprint(merged)["sha256"] != source["sha256"]:
-        raise UserError(f"'{path}' was exported from an older merged/ model; export again "
-                        "with --overwrite")
+    if (
+        now["mtime"] != source.get("mtime")
+        and source_fingerprint(merged)["sha256"] != source["sha256"]
+    ):
+        raise UserError(
+            f"'{path}' was exported from an older merged/ model; export again with --overwrite"
+        )
 
 
-def padded_batches(tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 128,
-                   multiple: int = 8, min_tokens: int = 2048):
+def padded_batches(
+    tokenizer,
+    texts: Sequence[str],
+    max_length: int,
+    batch_size: int = 128,
+    multiple: int = 8,
+    min_tokens: int = 2048,
+):
     """``(rows, input_ids, attention_mask)`` per batch, int64 numpy, longest texts first.
 
     The Predictor's batching (`sorted_batches` + `collate`): rows of similar length together,
@@ -183,8 +213,9 @@ def padded_batches(tokenizer, texts: Sequence[str], max_length: int, batch_size:
         yield rows, batch["input_ids"].numpy(), batch["attention_mask"].numpy()
 
 
-def backend_logits(backend, tokenizer, texts: Sequence[str], max_length: int,
-                   batch_size: int = 128) -> np.ndarray:
+def backend_logits(
+    backend, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 128
+) -> np.ndarray:
     """float32 logits of ``texts`` (in their order) through ``backend.logits``."""
     out = None
     for rows, ids, mask in padded_batches(tokenizer, texts, max_length, batch_size):
