@@ -1,0 +1,226 @@
+"""CPU inference runtimes for an exported run: ONNX Runtime and OpenVINO backends.
+
+A backend turns padded token ids into logits and nothing else::
+
+    backend.logits(input_ids, attention_mask)   # int64 [B, T] x 2 -> float32 [B, num_labels]
+
+`OnnxBackend` and `OpenVinoBackend` load an export directory written by
+`agnews_lora.onnx_export.export_model` (``RUN_DIR/export/<format>[-int8]/``). Both runtimes are
+optional extras: ``pip install 'agnews-lora[onnx]'`` / ``pip install 'agnews-lora[openvino]'``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+BACKENDS = ("torch", "onnx", "openvino")  # the names `--backend` accepts; torch is prediction.py's
+FORMATS = ("onnx", "openvino")  # what `export` writes; each is also a backend name
+EXTRAS = {
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "openvino": "openvino",
+    "nncf": "openvino",
+}
+MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
+
+
+def require(module: str, extra: str | None = None):
+    """Import an optional package, or a UserError naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = extra or EXTRAS.get(module.split(".")[0], module)
+        raise UserError(
+            f"'{module}' is not installed: pip install 'agnews-lora[{extra}]'"
+        ) from None
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend '{name}' (choices: {', '.join(BACKENDS)})")
+    return name
+
+
+def export_name(fmt: str, int8: bool) -> str:
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format '{fmt}' (choices: {', '.join(FORMATS)})")
+    return fmt + ("-int8" if int8 else "")
+
+
+def export_dir(run_dir: str | Path, fmt: str, int8: bool = False) -> Path:
+    """Where `export_model` writes, and backends read: ``RUN_DIR/export/<format>[-int8]``."""
+    return Path(run_dir) / "export" / export_name(fmt, int8)
+
+
+def read_export_info(path: str | Path, fmt: str) -> dict:
+    """``export.json`` of an export directory, or a UserError saying how to make one."""
+    path = Path(path)
+    info_path = path / "export.json"
+    if not (path / MODEL_FILES[fmt]).is_file() or not info_path.is_file():
+        raise UserError(
+            f"no {fmt} export in '{path}'; write one with "
+            f"`agnews-lora export RUN_DIR --format {fmt}` (add --int8 for int8)"
+        )
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"'{info_path}' is corrupt (not valid JSON); export again") from None
+    if info.get("format") != fmt:
+        raise UserError(f"'{path}' holds a {info.get('format')} export, not {fmt}")
+    return info
+
+
+def _feeds(names: Sequence[str], input_ids: np.ndarray, attention_mask: np.ndarray) -> dict:
+    ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+    }
+    if "token_type_ids" in names:  # BERT-style graphs that take segment ids: one segment
+        feeds["token_type_ids"] = np.zeros_like(ids)
+    unknown = set(names) - set(feeds)
+    if unknown:
+        raise UserError(
+            f"the exported model wants inputs {sorted(unknown)} that agnews-lora does not make"
+        )
+    return {k: v for k, v in feeds.items() if k in names}
+
+
+class OnnxBackend:
+    """ONNX Runtime (CPU execution provider) on ``PATH/model.onnx``; ``threads``: None = default."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        ort = require("onnxruntime")
+        self.path = Path(path)
+        self.info = read_export_info(self.path, "onnx")
+        self.name = export_name("onnx", bool(self.info.get("int8")))
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # noqa: BLE001 - any failure of the library: one line
+            raise UserError(
+                f"'{self.path}': ONNX Runtime cannot load model.onnx "
+                f"({type(e).__name__}: {str(e)[:120]}); export again"
+            ) from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, _feeds(self.input_names, input_ids, attention_mask))[0]
+        return np.asarray(out, dtype=np.float32)
+
+
+class OpenVinoBackend:
+    """OpenVINO on ``PATH/model.xml``, compiled for the CPU with fp32 inference precision.
+
+    fp32 is forced (OpenVINO would pick bf16 on a CPU that has it) so that the model run is the
+    one whose predictions the export checked against PyTorch.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        ov = require("openvino")
+        self.path = Path(path)
+        self.info = read_export_info(self.path, "openvino")
+        self.name = export_name("openvino", bool(self.info.get("int8")))
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            core = ov.Core()
+            self.compiled = core.compile_model(
+                core.read_model(str(self.path / "model.xml")), "CPU", config
+            )
+        except Exception as e:  # noqa: BLE001 - any failure of the library: one line
+            raise UserError(
+                f"'{self.path}': OpenVINO cannot load model.xml "
+                f"({type(e).__name__}: {str(e)[:120]}); export again"
+            ) from None
+        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
+        self.request = self.compiled.create_infer_request()
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        out = self.request.infer(_feeds(self.input_names, input_ids, attention_mask))
+        return np.array(out[self.compiled.outputs[0]], dtype=np.float32)
+
+
+RUNTIME_BACKENDS = {"onnx": OnnxBackend, "openvino": OpenVinoBackend}
+
+
+def load_backend(run_dir: str | Path, name: str, int8: bool = False, threads: int | None = None):
+    """The ONNX / OpenVINO backend of a run's export (``RUN_DIR/export/<name>[-int8]``).
+
+    ``torch`` is not made here (it is the Predictor's own model); any other name is a UserError.
+    """
+    check_backend(name)
+    if name not in RUNTIME_BACKENDS:
+        raise ValueError(f"backend '{name}' is not an exported runtime")
+    path = export_dir(run_dir, name, int8)
+    check_fresh(Path(run_dir), path, read_export_info(path, name))
+    return RUNTIME_BACKENDS[name](path, threads=threads)
+
+
+def check_fresh(run_dir: Path, path: Path, info: dict) -> None:
+    """UserError when ``merged/`` is no longer the model that was exported (retrained run)."""
+    from .onnx_export import source_fingerprint
+
+    merged = run_dir / "merged"
+    source = info.get("source") or {}
+    if not (merged / "config.json").is_file() or not source.get("sha256"):
+        return
+    now = source_fingerprint(merged, hash_files=False)
+    if (
+        now["mtime"] != source.get("mtime")
+        and source_fingerprint(merged)["sha256"] != source["sha256"]
+    ):
+        raise UserError(
+            f"'{path}' was exported from an older merged/ model; export again with --overwrite"
+        )
+
+
+def padded_batches(
+    tokenizer,
+    texts: Sequence[str],
+    max_length: int,
+    batch_size: int = 128,
+    multiple: int = 8,
+    min_tokens: int = 2048,
+):
+    """``(rows, input_ids, attention_mask)`` per batch, int64 numpy, longest texts first.
+
+    The Predictor's batching (`sorted_batches` + `collate`): rows of similar length together,
+    each batch padded to its longest row rounded up to ``multiple``.
+    """
+    from .batching import collate, sorted_batches
+    from .prediction import encode_texts
+
+    encoded, _ = encode_texts(tokenizer, texts, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for rows in sorted_batches(encoded.lengths, batch_size, multiple, min_tokens):
+        batch = collate([encoded.ids[i] for i in rows], pad_id, multiple, max_length)
+        yield rows, batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+
+
+def backend_logits(
+    backend, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 128
+) -> np.ndarray:
+    """float32 logits of ``texts`` (in their order) through ``backend.logits``."""
+    out = None
+    for rows, ids, mask in padded_batches(tokenizer, texts, max_length, batch_size):
+        logits = backend.logits(ids, mask)
+        if out is None:
+            out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
+        out[rows] = logits
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
