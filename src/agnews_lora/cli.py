@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Subcommands that live in their own modules (plan, sweep, serve) register themselves here."""
     found = []
-    for mod in ("planning", "sweep", "serving"):
+    for mod in ("planning", "sweep", "serving", "tune"):
         try:
             module = __import__(f"agnews_lora.{mod}", fromlist=["register_cli"])
         except ModuleNotFoundError as e:
