@@ -273,7 +273,8 @@ def rows_of(spec: TuneSpec, study) -> list[dict]:
     rows, budget = [], spec.base.budget.max_trainable_params
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
-        status = {TrialState.WAITING: "waiting", TrialState.RUNNING: "running"}.get(t.state) or a.get("status")
+        status = {TrialState.WAITING: "waiting", TrialState.RUNNING: "running"}.get(t.state) or a.get("status") \
+            or ("ok" if t.state == TrialState.COMPLETE else t.state.name.lower())
         if t.state == TrialState.FAIL and status not in ("failed", "interrupted"):
             status = "failed"
             a = {**a, "error": a.get("error") or "worker stopped (heartbeat lost); the trial was retried"}
