@@ -51,7 +51,7 @@ def _study(path: Path, out: Path, **kw):
 
 
 LAYOUT = """layout:
-  r: [1, 16, 4096]
+  r: [1, 16, 256]
   target_modules: ["q,v", "q,k,v"]
   layers: [all]
 """
@@ -60,10 +60,10 @@ LAYOUT = """layout:
 def test_grid_study_never_trains_over_budget_layouts(tiny_model_dir, data_dir, tmp_path, monkeypatch):
     import agnews_lora.training as training
 
-    path = _write(tmp_path, tiny_model_dir, data_dir / "train.csv", "sampler: grid\nseed: 3\n" + LAYOUT)
+    path = _write(tmp_path, tiny_model_dir, data_dir / "train.csv", "sampler: grid\nseed: 3\npruner: none\n" + LAYOUT)
     counts = load_tune(path, tmp_path / "probe").layouts.counts  # exact counts, budget 1M: everything fits
     budget = (counts[("16", "q,v", "all")] + counts[("16", "q,k,v", "all")]) // 2  # r16 q,v fits, q,k,v not
-    assert counts[("16", "q,v", "all")] <= budget < counts[("16", "q,k,v", "all")] < counts[("4096", "q,v", "all")]
+    assert counts[("16", "q,v", "all")] <= budget < counts[("16", "q,k,v", "all")] < counts[("256", "q,v", "all")]
     trained = []
     real_train = training.train
     monkeypatch.setattr(training, "train", lambda cfg, **kw: trained.append(cfg.to_dict()["lora"]) or real_train(cfg, **kw))
@@ -72,7 +72,7 @@ def test_grid_study_never_trains_over_budget_layouts(tiny_model_dir, data_dir, t
                "--set", f"budget.max_trainable_params={budget}"])
     assert rc == 0
     rows = _csv(out / "summary.csv")
-    assert len(rows) == 4  # the grid after r=4096 (over budget in every layout) was dropped
+    assert len(rows) == 4  # the grid after r=256 (over budget in every layout) was dropped
     by_layout = {(r["lora.r"], r["lora.target_modules"]): r for r in rows.values()}
     assert set(by_layout) == {("1", "q,v"), ("1", "q,k,v"), ("16", "q,v"), ("16", "q,k,v")}
     over = by_layout[("16", "q,k,v")]
@@ -88,7 +88,7 @@ def test_grid_study_never_trains_over_budget_layouts(tiny_model_dir, data_dir, t
                 int(r["trainable_params"])
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "summary.md").read_text()
-    assert md.startswith("# Tuning study") and "over_budget" in md and "`lora.r=4096`" in md
+    assert md.startswith("# Tuning study") and "over_budget" in md and "`lora.r=256`" in md
     best = max((r for r in rows.values() if r["status"] == "ok"), key=lambda r: float(r["val_accuracy"]))
     cfg = load_config(out / "best_config.yaml")  # ready to use with `train --config`
     assert (cfg.lora.r, ",".join(cfg.lora.target_modules)) == (

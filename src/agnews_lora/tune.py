@@ -302,7 +302,8 @@ def write_study_reports(spec: TuneSpec, study) -> tuple[list[dict], Path | None]
     view = StudyView(spec.path, spec.base_config, spec.overrides, spec.output_dir, spec.keys(),
                      [_Child(r["name"], {k: r.get(k) for k in spec.keys() if r.get(k) is not None}) for r in rows])
     write_reports(view, rows)  # pruned trials have no final result: off the Pareto front and the plot
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
+                and "sets" in t.user_attrs]  # (trials added by hand carry no config)
     best_path, lines = None, []
     if complete:
         best = max(complete, key=lambda t: t.values[0])
