@@ -214,7 +214,7 @@ def postgres_url():
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not (initdb and pg_ctl):
         pytest.skip("PostgreSQL server programs (initdb, pg_ctl) not found: apt-get install postgresql (.ci/run does)")
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install -e '.[tune]')")
+    pytest.importorskip("psycopg", reason="psycopg (3) is not installed (pip install -e '.[tune]')")
     root = Path(tempfile.mkdtemp(prefix="agnews-pg-"))
     prefix = []
     if os.geteuid() == 0:  # the server refuses to run as root
