@@ -50,9 +50,8 @@ class Param:
         if self.choices is not None:
             value = trial.suggest_categorical(self.key, self.choices)
             return json.loads(value) if self.encoded else value
-        if isinstance(self.low, int) and isinstance(self.high, int) and not self.log or \
-                isinstance(self.step, int) and isinstance(self.low, int):
-            return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
+        if isinstance(self.low, int) and isinstance(self.high, int):
+            return trial.suggest_int(self.key, self.low, self.high, step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.key, float(self.low), float(self.high), step=self.step, log=self.log)
 
 
