@@ -1,11 +1,11 @@
 """`agnews-lora tune TUNE_YAML`: a budget-aware hyperparameter search on Optuna.
 
-One study lives in a database (default: ``<study dir>/study.db``, SQLite; any Optuna RDB URL such as
-``postgresql://...`` lets workers on several machines share it).  Each trial is an ordinary run directory
-``<study dir>/trial-NNNN``; a layout over the budget is recorded without training; bad trials are pruned
-at the loop's evaluations (``train(on_eval=...)``); a killed worker's trial is failed by Optuna's heartbeat
-and retried (from its checkpoint when it has one).  Reports: the files `sweep` writes (summary.csv,
-pareto.png, summary.md, via sweep_report) plus ``best_config.yaml``.  Format and behaviour: docs/tuning.md.
+One study lives in a database (default: ``<study dir>/study.db``, SQLite; any Optuna RDB URL such
+as ``postgresql://...`` lets workers on several machines share it).  Each trial is an ordinary run
+directory ``<study dir>/trial-NNNN``; a layout over the budget is recorded without training; bad
+trials are pruned at the loop's evaluations (``train(on_eval=...)``); a killed worker's trial is
+failed by Optuna's heartbeat and retried (from its checkpoint when it has one).  Reports: see
+tune_report.py.  Format and behaviour: docs/tuning.md.
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import save_config
 from .errors import TrainingInterrupted, UserError
-from .sweep_report import table, write_reports
+from .sweep_report import table
+from .tune_report import StudyView, write_study_reports
 from .tune_space import TuneSpec, load_tune
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ def _optuna():
     try:
         import optuna
     except ImportError:
-        raise UserError("`agnews-lora tune` needs Optuna: pip install -e \".[tune]\"") from None
+        raise UserError('`agnews-lora tune` needs Optuna: pip install -e ".[tune]"') from None
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
@@ -51,19 +50,27 @@ def storage_url(spec: TuneSpec) -> str:
 
 
 def make_storage(spec: TuneSpec):
-    """RDB storage with a heartbeat: a trial whose worker died is failed and retried (max 2 retries)."""
+    """RDB storage with a heartbeat: a dead worker's trial is failed and retried (2 retries)."""
     _optuna()
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     url = storage_url(spec)
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    kwargs = (
+        {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    )
     try:
-        return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=spec.heartbeat_seconds,
-                          grace_period=2 * spec.heartbeat_seconds,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        return RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=spec.heartbeat_seconds,
+            grace_period=2 * spec.heartbeat_seconds,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
     except (ImportError, ModuleNotFoundError) as e:
-        raise UserError(f"storage '{_safe(url)}' needs a database driver ({e}); for PostgreSQL: "
-                        f"pip install -e \".[tune]\"") from None
+        raise UserError(
+            f"storage '{_safe(url)}' needs a database driver ({e}); for PostgreSQL: "
+            f'pip install -e ".[tune]"'
+        ) from None
     except Exception as e:  # noqa: BLE001 - a bad URL, an unreachable server, a foreign database
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot open the study storage '{_safe(url)}': {first[:200]}") from None
@@ -90,16 +97,23 @@ def make_sampler(spec: TuneSpec):
 
 
 def make_pruner(spec: TuneSpec):
-    """Median or Hyperband at the loop's evaluations (single objective only: Optuna cannot prune more)."""
+    """Median or Hyperband at the loop's evaluations (Optuna prunes single objectives only)."""
     optuna = _optuna()
-    name, options = (spec.pruner, {}) if isinstance(spec.pruner, str) else \
-        (spec.pruner["name"], {k: v for k, v in spec.pruner.items() if k != "name"})
+    name, options = (
+        (spec.pruner, {})
+        if isinstance(spec.pruner, str)
+        else (spec.pruner["name"], {k: v for k, v in spec.pruner.items() if k != "name"})
+    )
     if name == "none" or len(spec.directions) > 1:
         return optuna.pruners.NopPruner()
     try:
         if name == "hyperband":
-            return optuna.pruners.HyperbandPruner(**{"min_resource": 1, "reduction_factor": 3, **options})
-        return optuna.pruners.MedianPruner(**{"n_startup_trials": 2, "n_warmup_steps": 0, **options})
+            return optuna.pruners.HyperbandPruner(
+                **{"min_resource": 1, "reduction_factor": 3, **options}
+            )
+        return optuna.pruners.MedianPruner(
+            **{"n_startup_trials": 2, "n_warmup_steps": 0, **options}
+        )
     except TypeError as e:
         raise UserError(f"pruner {name}: {e}") from None
 
@@ -108,11 +122,19 @@ def open_study(spec: TuneSpec):
     optuna = _optuna()
     spec.output_dir.mkdir(parents=True, exist_ok=True)
     storage = make_storage(spec)
-    study = optuna.create_study(storage=storage, study_name=spec.study_name, directions=list(spec.directions),
-                                sampler=make_sampler(spec), pruner=make_pruner(spec), load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=spec.study_name,
+        directions=list(spec.directions),
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+    )
     if tuple(d.name.lower() for d in study.directions) != spec.directions:
-        raise UserError(f"study '{spec.study_name}' in {_safe(storage_url(spec))} was created with another "
-                        f"objective; use another study_name (or output directory)")
+        raise UserError(
+            f"study '{spec.study_name}' in {_safe(storage_url(spec))} was created with another "
+            f"objective; use another study_name (or output directory)"
+        )
     return study
 
 
@@ -134,7 +156,9 @@ class Objective:
         from .training import train
         from .tune_space import _plan_counts
 
-        inherited = trial.user_attrs.get("run_dir")  # a retried trial carries its predecessor's run dir
+        inherited = trial.user_attrs.get(
+            "run_dir"
+        )  # a retried trial carries its predecessor's run dir
         sets, labels = self.spec.suggest(trial)
         trial.set_user_attr("sets", json.loads(json.dumps(sets, default=str)))
         trial.set_user_attr("labels", labels)
@@ -148,7 +172,11 @@ class Objective:
         except UserError as e:  # never trained: recorded as pruned with its exact count
             trial.set_user_attr("status", "over_budget")
             trial.set_user_attr("error", str(e))
-            log.info("trial %d: over budget (%s trainable), not trained", trial.number, f"{counts.trainable:,}")
+            log.info(
+                "trial %d: over budget (%s trainable), not trained",
+                trial.number,
+                f"{counts.trainable:,}",
+            )
             raise optuna.TrialPruned(str(e)) from None
         run_dir, resume = Path(cfg.output_dir) / cfg.run_name, None
         if inherited and _resumable(Path(inherited), cfg, ckpt):
@@ -162,47 +190,79 @@ class Objective:
             if single:
                 trial.report(metrics["accuracy"], step)
                 if trial.should_prune():
-                    raise optuna.TrialPruned(f"val accuracy {metrics['accuracy']:.4f} at step {step}")
+                    raise optuna.TrialPruned(
+                        f"val accuracy {metrics['accuracy']:.4f} at step {step}"
+                    )
 
-        log.info("trial %d: %s (%s trainable)%s", trial.number, ", ".join(f"{k}={v}" for k, v in labels.items()),
-                 f"{counts.trainable:,}", f", resuming {run_dir}" if resume else "")
+        log.info(
+            "trial %d: %s (%s trainable)%s",
+            trial.number,
+            ", ".join(f"{k}={v}" for k, v in labels.items()),
+            f"{counts.trainable:,}",
+            f", resuming {run_dir}" if resume else "",
+        )
         self.trained.append(str(run_dir))
         try:
-            run = train(None if resume else cfg, resume=resume, progress=self.progress, on_eval=on_eval)
+            run = train(
+                None if resume else cfg, resume=resume, progress=self.progress, on_eval=on_eval
+            )
         except optuna.TrialPruned:
             trial.set_user_attr("status", "pruned")
             log.info("trial %d: pruned", trial.number)
             raise
-        except TrainingInterrupted:  # a checkpoint was saved: queue the same trial to resume it, then stop
+        except (
+            TrainingInterrupted
+        ):  # a checkpoint was saved: queue the same trial to resume it, then stop
             trial.set_user_attr("status", "interrupted")
-            self.study.add_trial(optuna.trial.create_trial(
-                state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-                user_attrs={"run_dir": str(run_dir)}, system_attrs={"failed_trial": trial.number}))
+            self.study.add_trial(
+                optuna.trial.create_trial(
+                    state=optuna.trial.TrialState.WAITING,
+                    params=trial.params,
+                    distributions=trial.distributions,
+                    user_attrs={"run_dir": str(run_dir)},
+                    system_attrs={"failed_trial": trial.number},
+                )
+            )
             raise
         except KeyboardInterrupt:
             raise
         except Exception as e:  # noqa: BLE001 - one trial's failure must not end the study
-            msg = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            msg = (
+                str(e)
+                if isinstance(e, UserError)
+                else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            )
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("error", msg)
             log.warning("trial %d failed: %s", trial.number, msg)
             raise TrialFailed(msg) from e
         s = run.summary
         trial.set_user_attr("status", "resumed" if resume else "ok")
-        trial.set_user_attr("summary", {"val_accuracy": s["best"]["val_accuracy"],
-                                        "val_macro_f1": s["best"].get("val_macro_f1"), "best_step": s["best"]["step"],
-                                        "steps": s["steps"], "train_seconds": s["timings"]["train_seconds"]})
+        trial.set_user_attr(
+            "summary",
+            {
+                "val_accuracy": s["best"]["val_accuracy"],
+                "val_macro_f1": s["best"].get("val_macro_f1"),
+                "best_step": s["best"]["step"],
+                "steps": s["steps"],
+                "train_seconds": s["timings"]["train_seconds"],
+            },
+        )
         acc = s["best"]["val_accuracy"]
         log.info("trial %d: val accuracy %.4f", trial.number, acc)
         if self.spec.objective == "accuracy":
             return acc
-        return acc, counts.trainable if self.spec.objective == "accuracy,params" else s["timings"]["train_seconds"]
+        return acc, counts.trainable if self.spec.objective == "accuracy,params" else s["timings"][
+            "train_seconds"
+        ]
 
 
 def _resumable(run_dir: Path, cfg, ckpt) -> bool:
     from .sweep import _same_config
 
-    if (run_dir / "summary.json").exists() or ckpt.latest_checkpoint(run_dir / "checkpoints") is None:
+    if (run_dir / "summary.json").exists() or ckpt.latest_checkpoint(
+        run_dir / "checkpoints"
+    ) is None:
         return False
     return _same_config(run_dir, cfg)  # output_dir and run_name aside
 
@@ -216,22 +276,34 @@ def _counts(study) -> tuple[int, int]:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
+    done = sum(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials
+    )
     return done, sum(t.state == TrialState.WAITING for t in trials)
 
 
 def run_study(spec: TuneSpec, progress: bool = False) -> tuple[Any, Objective]:
-    """Run this worker's share of the study: until n_trials trials exist (all workers together), or timeout."""
+    """Run this worker's share: until the study has n_trials trials (all workers), or timeout."""
     optuna = _optuna()
     if spec.n_trials is None and spec.sampler != "grid" and spec.timeout is None:
-        raise UserError("give n_trials (tune file or --n-trials) or a timeout; the search has no natural end")
+        raise UserError(
+            "give n_trials (tune file or --n-trials) or a timeout; the search has no natural end"
+        )
     study = open_study(spec)
     objective = Objective(spec, study, progress)
     optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
-    goal = spec.n_trials or (math.prod(len(v) for v in spec.grid().values()) if spec.sampler == "grid" else None)
+    goal = spec.n_trials or (
+        math.prod(len(v) for v in spec.grid().values()) if spec.sampler == "grid" else None
+    )
     done, waiting = _counts(study)
-    log.info("study %s: %d trials so far (%d counted, %d queued) -> %s", spec.study_name, len(study.trials), done,
-             waiting, spec.output_dir)
+    log.info(
+        "study %s: %d trials so far (%d counted, %d queued) -> %s",
+        spec.study_name,
+        len(study.trials),
+        done,
+        waiting,
+        spec.output_dir,
+    )
 
     def finished(study) -> bool:  # all workers together; queued retries run first
         d, w = _counts(study)
@@ -242,96 +314,14 @@ def run_study(spec: TuneSpec, progress: bool = False) -> tuple[Any, Objective]:
             study.stop()
 
     if not finished(study):
-        study.optimize(objective, timeout=spec.timeout, catch=(TrialFailed,), callbacks=[stop_when_finished],
-                       gc_after_trial=True)
+        study.optimize(
+            objective,
+            timeout=spec.timeout,
+            catch=(TrialFailed,),
+            callbacks=[stop_when_finished],
+            gc_after_trial=True,
+        )
     return study, objective
-
-
-# ---------------------------------------------------------------------------------------------
-# reports
-
-
-@dataclass
-class _Child:  # what sweep_report needs of a sweep child
-    name: str
-    labels: dict[str, str]
-
-
-@dataclass
-class StudyView:  # what sweep_report needs of a sweep
-    path: Path
-    base_config: Path | None
-    overrides: dict
-    output_dir: Path
-    swept_keys: list[str]
-    children: list[_Child]
-
-
-def rows_of(spec: TuneSpec, study) -> list[dict]:
-    from optuna.trial import TrialState
-
-    rows, budget = [], spec.base.budget.max_trainable_params
-    for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
-        status = {TrialState.WAITING: "waiting", TrialState.RUNNING: "running"}.get(t.state) or a.get("status") \
-            or ("ok" if t.state == TrialState.COMPLETE else t.state.name.lower())
-        if t.state == TrialState.FAIL and status not in ("failed", "interrupted"):
-            status = "failed"
-            a = {**a, "error": a.get("error") or "worker stopped (heartbeat lost); the trial was retried"}
-        labels = a.get("labels") or {k: str(v) for k, v in t.params.items()}
-        row = {"name": f"trial-{t.number:04d}", "status": status, **labels,
-               "trainable_params": a.get("trainable_params"), "lora_params": a.get("lora_params"),
-               "head_params": a.get("head_params"), "budget": budget, "run_dir": a.get("run_dir", ""),
-               "error": a.get("error", "")}
-        s = a.get("summary") or {}
-        row.update(val_accuracy=s.get("val_accuracy"), val_macro_f1=s.get("val_macro_f1"),
-                   best_step=s.get("best_step"), steps=s.get("steps"), train_seconds=s.get("train_seconds"))
-        if status == "pruned":
-            row["val_accuracy"] = a.get("last_val_accuracy")
-        if row["trainable_params"] is not None:
-            row["fits_budget"] = row["trainable_params"] <= budget
-        rows.append(row)
-    return rows
-
-
-def write_study_reports(spec: TuneSpec, study) -> tuple[list[dict], Path | None]:
-    """summary.csv / pareto.png / summary.md (as sweep) + best_config.yaml; returns (rows, best config)."""
-    from optuna.trial import TrialState
-
-    rows = rows_of(spec, study)
-    view = StudyView(spec.path, spec.base_config, spec.overrides, spec.output_dir, spec.keys(),
-                     [_Child(r["name"], {k: r.get(k) for k in spec.keys() if r.get(k) is not None}) for r in rows])
-    write_reports(view, rows)  # pruned trials have no final result: off the Pareto front and the plot
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
-                and "sets" in t.user_attrs]  # (trials added by hand carry no config)
-    best_path, lines = None, []
-    if complete:
-        best = max(complete, key=lambda t: t.values[0])
-        cfg = spec.config(best.user_attrs["sets"])
-        cfg.run_name = None
-        cfg.output_dir = spec.base.output_dir if spec.base.output_dir != str(spec.output_dir) else "runs"
-        best_path = spec.output_dir / "best_config.yaml"
-        tmp = best_path.with_name(f".best_config.yaml.{os.getpid()}.tmp")
-        save_config(cfg, tmp)
-        text = (f"# best trial {best.number} of study '{spec.study_name}': val accuracy {best.values[0]:.4f} with "
-                f"{best.user_attrs['trainable_params']:,} trainable parameters\n# agnews-lora train --config {best_path}\n")
-        tmp.write_text(text + tmp.read_text(encoding="utf-8"), encoding="utf-8")
-        tmp.replace(best_path)
-        front = sorted(study.best_trials, key=lambda t: t.number)
-        names = ["accuracy", "trainable params" if spec.objective == "accuracy,params" else "train seconds"]
-        lines += ["", f"## Study `{spec.study_name}` ({spec.objective}, sampler {spec.sampler})", "",
-                  f"Best validation accuracy: **trial-{best.number:04d}**, {best.values[0]:.4f}; its config: "
-                  f"[`best_config.yaml`](best_config.yaml) (`agnews-lora train --config {best_path}`)."]
-        if len(spec.directions) > 1:
-            lines += ["", "Optuna's Pareto front (" + " vs ".join(names) + "): " + ", ".join(
-                f"trial-{t.number:04d} ({t.values[0]:.4f}, {t.values[1]:,.1f})" for t in front) + "."]
-    if spec.layouts and spec.layouts.dropped:
-        lines += ["", "Dropped from the space before sampling (over budget in every layout): "
-                  + ", ".join(f"`{d}`" for d in spec.layouts.dropped) + "."]
-    md = spec.output_dir / "summary.md"
-    text = md.read_text(encoding="utf-8").replace("# Sweep `", "# Tuning study `", 1)
-    md.write_text(text + "\n".join(lines) + "\n", encoding="utf-8")
-    return rows, best_path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,34 +329,60 @@ def write_study_reports(spec: TuneSpec, study) -> tuple[list[dict], Path | None]
 
 
 def cmd_tune(args) -> int:
-    spec = load_tune(args.tune_file, args.output_dir, args.storage, args.n_trials, args.timeout, args.set)
+    spec = load_tune(
+        args.tune_file, args.output_dir, args.storage, args.n_trials, args.timeout, args.set
+    )
     if spec.layouts.dropped:
         log.info("over budget in every layout, not searched: %s", ", ".join(spec.layouts.dropped))
-    log.info("%d of %d layouts fit the budget of %s", len(spec.layouts.fitting()), len(spec.layouts.counts),
-             f"{spec.layouts.budget:,}")
+    log.info(
+        "%d of %d layouts fit the budget of %s",
+        len(spec.layouts.fitting()),
+        len(spec.layouts.counts),
+        f"{spec.layouts.budget:,}",
+    )
     code = 0
     try:
         study, _ = run_study(spec, progress=not args.no_progress)
     except TrainingInterrupted as e:
-        print(f"stopped: {e}; rerun the same command to continue (the trial resumes from its checkpoint)",
-              file=sys.stderr)
+        print(
+            f"stopped: {e}; rerun the same command to continue "
+            "(the trial resumes from its checkpoint)",
+            file=sys.stderr,
+        )
         study, code = open_study(spec), 128 + int(e.signum)
     rows, best = write_study_reports(spec, study)
     out = spec.output_dir
     view = StudyView(spec.path, spec.base_config, spec.overrides, out, spec.keys(), [])
-    print("\n" + "\n".join(table(view, rows)) + f"\n\nstudy          {spec.study_name} in {_safe(storage_url(spec))}"
-          f"\nwritten        {out / 'summary.csv'}  {out / 'pareto.png'}  {out / 'summary.md'}"
-          + (f"\nbest config    {best}" if best else ""), flush=True)
+    print(
+        "\n"
+        + "\n".join(table(view, rows))
+        + f"\n\nstudy          {spec.study_name} in {_safe(storage_url(spec))}"
+        f"\nwritten        {out / 'summary.csv'}  {out / 'pareto.png'}  {out / 'summary.md'}"
+        + (f"\nbest config    {best}" if best else ""),
+        flush=True,
+    )
     return code
 
 
 def register_cli(subparsers) -> None:
-    sp = subparsers.add_parser("tune", help="budget-aware hyperparameter search on Optuna (shared study)")
-    sp.add_argument("tune_file", metavar="TUNE_YAML", help="tune file, e.g. configs/tune/offline-minilm.yaml")
-    sp.add_argument("--storage", help="Optuna database URL (default: sqlite:///<study dir>/study.db)")
+    sp = subparsers.add_parser(
+        "tune", help="budget-aware hyperparameter search on Optuna (shared study)"
+    )
+    sp.add_argument(
+        "tune_file", metavar="TUNE_YAML", help="tune file, e.g. configs/tune/offline-minilm.yaml"
+    )
+    sp.add_argument(
+        "--storage", help="Optuna database URL (default: sqlite:///<study dir>/study.db)"
+    )
     sp.add_argument("--n-trials", type=int, help="trials in the study, all workers together")
-    sp.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long")
-    sp.add_argument("--output-dir", help="study directory (default: the file's output_dir, else tunes/<stem>)")
-    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
+    sp.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long"
+    )
+    sp.add_argument(
+        "--output-dir", help="study directory (default: the file's output_dir, else tunes/<stem>)"
+    )
+    sp.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config"
+    )
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(func=cmd_tune)

@@ -1,10 +1,11 @@
-"""The tune file and its search space: LoRA layouts (what `plan` enumerates) x the training recipe.
+"""The tune file and its search space: LoRA layouts (what `plan` enumerates) x the recipe.
 
-A layout is ``lora.r`` x ``lora.target_modules`` x ``lora.layers`` (x ``lora.head`` where the config has
-that key).  Every combination is counted exactly (``planning.Planner``, no weights) before the study
-starts: values that fit the budget in no combination are dropped from the space, and a combination that
-is over budget and still sampled is recorded without training (see tune.py).  The recipe part maps any
-config key to a list of choices or a range ``{low, high, log, step}``.  Format: docs/tuning.md.
+A layout is ``lora.r`` x ``lora.target_modules`` x ``lora.layers`` (x ``lora.head`` where the
+config has that key).  Every combination is counted exactly (``planning.Planner``, no weights)
+before the study starts: values that fit the budget in no combination are dropped from the space,
+and a combination that is over budget and still sampled is recorded without training (tune.py).
+The recipe part maps any config key to a list of choices or a range ``{low, high, log, step}``.
+Format: docs/tuning.md.
 """
 
 from __future__ import annotations
@@ -24,10 +25,27 @@ from .sweep import _pairs, _set_strings
 
 log = logging.getLogger(__name__)
 
-TUNE_KEYS = ("base_config", "output_dir", "study_name", "storage", "n_trials", "timeout", "objective",
-             "sampler", "seed", "pruner", "heartbeat_seconds", "overrides", "layout", "params")
-OBJECTIVES = {"accuracy": ("maximize",), "accuracy,params": ("maximize", "minimize"),
-              "accuracy,time": ("maximize", "minimize")}
+TUNE_KEYS = (
+    "base_config",
+    "output_dir",
+    "study_name",
+    "storage",
+    "n_trials",
+    "timeout",
+    "objective",
+    "sampler",
+    "seed",
+    "pruner",
+    "heartbeat_seconds",
+    "overrides",
+    "layout",
+    "params",
+)
+OBJECTIVES = {
+    "accuracy": ("maximize",),
+    "accuracy,params": ("maximize", "minimize"),
+    "accuracy,time": ("maximize", "minimize"),
+}
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
 PRUNERS = ("median", "hyperband", "none")
 LAYOUT_KEYS = ("r", "target_modules", "layers", "head")
@@ -51,17 +69,23 @@ class Param:
             value = trial.suggest_categorical(self.key, self.choices)
             return json.loads(value) if self.encoded else value
         if isinstance(self.low, int) and isinstance(self.high, int):
-            return trial.suggest_int(self.key, self.low, self.high, step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(self.key, float(self.low), float(self.high), step=self.step, log=self.log)
+            return trial.suggest_int(
+                self.key, self.low, self.high, step=int(self.step or 1), log=self.log
+            )
+        return trial.suggest_float(
+            self.key, float(self.low), float(self.high), step=self.step, log=self.log
+        )
 
 
 @dataclass
 class Layouts:
-    """The layout part of the space: labelled choices per dimension and the exact count of each combo."""
+    """The layout part of the space: labelled choices per dimension, exact count per combo."""
 
     budget: int
     dims: dict[str, dict[str, Any]]  # config key -> {label: value}
-    counts: dict[tuple, int] = field(default_factory=dict)  # (label, ...) in dims order -> trainable
+    counts: dict[tuple, int] = field(
+        default_factory=dict
+    )  # (label, ...) in dims order -> trainable
     dropped: list[str] = field(default_factory=list)
 
     def fits(self, labels: tuple) -> bool:
@@ -107,8 +131,10 @@ class TuneSpec:
         space = {k: list(v) for k, v in (self.layouts.dims if self.layouts else {}).items()}
         for p in self.params:
             if p.choices is None:
-                raise UserError(f"tune file '{self.path}': sampler 'grid' needs a list of values for "
-                                f"'{p.key}', not a range")
+                raise UserError(
+                    f"tune file '{self.path}': sampler 'grid' needs a list of values for "
+                    f"'{p.key}', not a range"
+                )
             space[p.key] = list(p.choices)
         return space
 
@@ -120,7 +146,10 @@ class TuneSpec:
             sets[key], labels[key] = choices[label], str(label)
         for p in self.params:
             value = p.suggest(trial)
-            sets[p.key], labels[p.key] = value, f"{value:.3g}" if isinstance(value, float) else str(value)
+            sets[p.key], labels[p.key] = (
+                value,
+                f"{value:.3g}" if isinstance(value, float) else str(value),
+            )
         return sets, labels
 
     def layout_labels(self, params: dict) -> tuple:
@@ -137,19 +166,36 @@ def _param(key: str, spec: Any, where: str) -> Param:
             raise UserError(f"{where}: '{key}' has no values")
         encoded = any(isinstance(v, (list, dict)) for v in spec)
         return Param(key, choices=[json.dumps(v) if encoded else v for v in spec], encoded=encoded)
-    if isinstance(spec, dict) and {"low", "high"} <= set(spec) and set(spec) <= {"low", "high", "log", "step"}:
+    if (
+        isinstance(spec, dict)
+        and {"low", "high"} <= set(spec)
+        and set(spec) <= {"low", "high", "log", "step"}
+    ):
         low, high = spec["low"], spec["high"]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
+        if (
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+            or low >= high
+        ):
             raise UserError(f"{where}: '{key}' needs numbers low < high, got {low!r}, {high!r}")
         if spec.get("log") and low <= 0:
             raise UserError(f"{where}: '{key}' with log: true needs low > 0")
-        return Param(key, low=low, high=high, log=bool(spec.get("log", False)), step=spec.get("step"))
-    raise UserError(f"{where}: '{key}' must be a list of values or a range {{low: ..., high: ..., log: true}}")
+        return Param(
+            key, low=low, high=high, log=bool(spec.get("log", False)), step=spec.get("step")
+        )
+    raise UserError(
+        f"{where}: '{key}' must be a list of values or a range {{low: ..., high: ..., log: true}}"
+    )
 
 
-def load_tune(path: str | Path, output_dir=None, storage=None, n_trials=None, timeout=None,
-              sets: list[str] | None = None) -> TuneSpec:
-    """Read and validate a tune file (command-line values win); the base config is built strictly."""
+def load_tune(
+    path: str | Path,
+    output_dir=None,
+    storage=None,
+    n_trials=None,
+    timeout=None,
+    sets: list[str] | None = None,
+) -> TuneSpec:
+    """Read and validate a tune file (command-line values win); the base config is strict."""
     path = Path(path)
     where = f"tune file '{path}'"
     data = read_yaml(path, "tune file")
@@ -158,25 +204,38 @@ def load_tune(path: str | Path, output_dir=None, storage=None, n_trials=None, ti
     for key in data:
         if key not in TUNE_KEYS:
             close = difflib.get_close_matches(str(key), TUNE_KEYS, n=1, cutoff=0.5)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(TUNE_KEYS)})"
+            hint = (
+                f" (did you mean '{close[0]}'?)"
+                if close
+                else f" (valid keys: {', '.join(TUNE_KEYS)})"
+            )
             raise UserError(f"{where}: unknown key '{key}'{hint}")
     base = None
     if data.get("base_config") is not None:
         raw = Path(str(data["base_config"])).expanduser()
-        base = next((c for c in ([raw] if raw.is_absolute() else [raw, path.parent / raw]) if c.is_file()), None)
+        base = next(
+            (c for c in ([raw] if raw.is_absolute() else [raw, path.parent / raw]) if c.is_file()),
+            None,
+        )
         if base is None:
-            raise UserError(f"{where}: base_config '{raw}' not found (looked in the working directory and "
-                            f"next to the tune file)")
+            raise UserError(
+                f"{where}: base_config '{raw}' not found (looked in the working directory and "
+                f"next to the tune file)"
+            )
     objective = str(data.get("objective", "accuracy")).replace(" ", "")
     if objective not in OBJECTIVES:
-        raise UserError(f"{where}: objective must be one of {', '.join(OBJECTIVES)}; got '{objective}'")
+        raise UserError(
+            f"{where}: objective must be one of {', '.join(OBJECTIVES)}; got '{objective}'"
+        )
     sampler = str(data.get("sampler", "tpe"))
     if sampler not in SAMPLERS:
         raise UserError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}; got '{sampler}'")
     pruner = data.get("pruner", "median")
     name = pruner.get("name") if isinstance(pruner, dict) else pruner
     if name not in PRUNERS:
-        raise UserError(f"{where}: pruner must be one of {', '.join(PRUNERS)} (or {{name: ..., options}})")
+        raise UserError(
+            f"{where}: pruner must be one of {', '.join(PRUNERS)} (or {{name: ..., options}})"
+        )
     overrides = _pairs(data.get("overrides"), f"{where} overrides")
     for item in sets or []:
         overrides.update(_pairs([item], "--set"))
@@ -191,12 +250,22 @@ def load_tune(path: str | Path, output_dir=None, storage=None, n_trials=None, ti
     if trials is not None and (not isinstance(trials, int) or trials <= 0):
         raise UserError(f"n_trials must be a positive integer, got {trials!r}")
     spec = TuneSpec(
-        path=path, base_config=base, output_dir=Path(output_dir or data.get("output_dir") or Path("tunes") / path.stem),
-        study_name=str(data.get("study_name") or path.stem), storage=storage or data.get("storage"),
-        n_trials=trials, timeout=timeout if timeout is not None else data.get("timeout"),
-        objective=objective, sampler=sampler, seed=data.get("seed"), pruner=pruner,
-        heartbeat_seconds=int(data.get("heartbeat_seconds", 60)), overrides=overrides, layout=layout,
-        params=[_param(k, v, f"{where} params") for k, v in params_raw.items()])
+        path=path,
+        base_config=base,
+        output_dir=Path(output_dir or data.get("output_dir") or Path("tunes") / path.stem),
+        study_name=str(data.get("study_name") or path.stem),
+        storage=storage or data.get("storage"),
+        n_trials=trials,
+        timeout=timeout if timeout is not None else data.get("timeout"),
+        objective=objective,
+        sampler=sampler,
+        seed=data.get("seed"),
+        pruner=pruner,
+        heartbeat_seconds=int(data.get("heartbeat_seconds", 60)),
+        overrides=overrides,
+        layout=layout,
+        params=[_param(k, v, f"{where} params") for k, v in params_raw.items()],
+    )
     if spec.heartbeat_seconds <= 0:
         raise UserError(f"{where}: heartbeat_seconds must be positive")
     try:
@@ -221,14 +290,18 @@ def _labelled(values: Any, known: dict[str, Any], what: str, where: str) -> dict
     if isinstance(values, dict):
         return {str(k): v for k, v in values.items()}
     if not isinstance(values, list) or not values:
-        raise UserError(f"{where}: layout '{what}' must be a non-empty list (or a mapping label -> value)")
+        raise UserError(
+            f"{where}: layout '{what}' must be a non-empty list (or a mapping label -> value)"
+        )
     out = {}
     for v in values:
         if isinstance(v, str) and v in known:
             out[v] = known[v]
         elif isinstance(v, str):
-            raise UserError(f"{where}: layout {what} '{v}' is not one of {', '.join(known)} "
-                            f"(or give a mapping label -> value)")
+            raise UserError(
+                f"{where}: layout {what} '{v}' is not one of {', '.join(known)} "
+                f"(or give a mapping label -> value)"
+            )
         else:
             out[json.dumps(v)] = v
     return out
@@ -243,21 +316,30 @@ def build_layouts(spec: TuneSpec) -> Layouts:
     planner = Planner(model_config, len(cfg.data.label_names))
     lay = spec.layout
     ranks = lay.get("r", list(DEFAULT_RANKS))
-    if not isinstance(ranks, list) or not ranks or any(not isinstance(r, int) or r <= 0 for r in ranks):
+    if (
+        not isinstance(ranks, list)
+        or not ranks
+        or any(not isinstance(r, int) or r <= 0 for r in ranks)
+    ):
         raise UserError(f"{where}: layout r must be a list of positive integers")
     dims: dict[str, dict[str, Any]] = {"lora.r": {str(r): r for r in ranks}}
     targets = dict(planner.target_sets())
-    dims["lora.target_modules"] = _labelled(lay.get("target_modules", list(targets)), targets,
-                                            "target_modules", where)
+    dims["lora.target_modules"] = _labelled(
+        lay.get("target_modules", list(targets)), targets, "target_modules", where
+    )
     subsets = {}
     for label, layers in planner.layer_subsets():
         subsets[next((w for w in LAYER_WORDS if w in label), label)] = layers
     dims["lora.layers"] = _labelled(lay.get("layers", list(subsets)), subsets, "layers", where)
     if "head" in lay or hasattr(cfg.lora, "head"):
         if not hasattr(cfg.lora, "head"):
-            raise UserError(f"{where}: layout 'head' needs a config with lora.head (this version has none)")
+            raise UserError(
+                f"{where}: layout 'head' needs a config with lora.head (this version has none)"
+            )
         heads = lay.get("head", [cfg.lora.head])
-        dims["lora.head"] = _labelled(heads, {h: h for h in heads if isinstance(h, str)}, "head", where)
+        dims["lora.head"] = _labelled(
+            heads, {h: h for h in heads if isinstance(h, str)}, "head", where
+        )
     keys = list(dims)
     layouts = Layouts(cfg.budget.max_trainable_params, dims)
     head_other: dict[Any, int] = {}
@@ -278,15 +360,20 @@ def build_layouts(spec: TuneSpec) -> Layouts:
     fitting = layouts.fitting()
     if not fitting:
         smallest = min(layouts.counts.values())
-        raise UserError(f"{where}: no layout fits budget.max_trainable_params {layouts.budget:,} (the smallest "
-                        f"needs {smallest:,}); raise the budget or add smaller ranks / fewer modules")
+        raise UserError(
+            f"{where}: no layout fits budget.max_trainable_params {layouts.budget:,} (the smallest "
+            f"needs {smallest:,}); raise the budget or add smaller ranks / fewer modules"
+        )
     for i, key in enumerate(keys):  # a value that fits in no combination is not searched at all
         for label in list(dims[key]):
             if not any(c[i] == label for c in fitting):
                 del dims[key][label]
                 layouts.dropped.append(f"{key}={label}")
-    layouts.counts = {c: n for c, n in layouts.counts.items()
-                      if all(label in dims[k] for k, label in zip(keys, c))}
+    layouts.counts = {
+        c: n
+        for c, n in layouts.counts.items()
+        if all(label in dims[k] for k, label in zip(keys, c))
+    }
     return layouts
 
 
