@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,22 +59,28 @@ def make_storage(spec: TuneSpec):
     kwargs = (
         {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     )
-    try:
-        return RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=spec.heartbeat_seconds,
-            grace_period=2 * spec.heartbeat_seconds,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-        )
-    except (ImportError, ModuleNotFoundError) as e:
-        raise UserError(
-            f"storage '{_safe(url)}' needs a database driver ({e}); for PostgreSQL: "
-            f'pip install -e ".[tune]"'
-        ) from None
-    except Exception as e:  # noqa: BLE001 - a bad URL, an unreachable server, a foreign database
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"cannot open the study storage '{_safe(url)}': {first[:200]}") from None
+    for attempt in range(3):  # workers starting together on a new database race to create tables
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=spec.heartbeat_seconds,
+                grace_period=2 * spec.heartbeat_seconds,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+        except (ImportError, ModuleNotFoundError) as e:
+            raise UserError(
+                f"storage '{_safe(url)}' needs a database driver ({e}); for PostgreSQL: "
+                f'pip install -e ".[tune]"'
+            ) from None
+        except Exception as e:  # noqa: BLE001 - bad URL, server unreachable, foreign database
+            racing = "already exists" in str(e) or "UniqueViolation" in str(e)
+            if racing and attempt < 2:
+                time.sleep(1 + attempt)
+                continue
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            msg = f"cannot open the study storage '{_safe(url)}': {first[:200]}"
+            raise UserError(msg) from None
 
 
 def _safe(url: str) -> str:
