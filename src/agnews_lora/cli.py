@@ -235,7 +235,29 @@ def build_parser() -> argparse.ArgumentParser:
                        "summary.md"))
     _add_serve(command("serve", "serve a finished run over HTTP (POST /v1/classify) with "
                        "micro-batching"))
+    _add_tune(command("tune", "budget-aware hyperparameter search on Optuna (shared study)"))
     return p
+
+
+def _add_tune(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "tune_file", metavar="TUNE_YAML", help="tune file, e.g. configs/tune/offline-minilm.yaml"
+    )
+    sp.add_argument(
+        "--storage", help="Optuna database URL (default: sqlite:///<study dir>/study.db)"
+    )
+    sp.add_argument("--n-trials", type=int, help="trials in the study, all workers together")
+    sp.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long"
+    )
+    sp.add_argument(
+        "--output-dir", help="study directory (default: the file's output_dir, else tunes/<stem>)"
+    )
+    sp.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config"
+    )
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.set_defaults(func=cmd_tune)
 
 
 def _add_plan(sp: argparse.ArgumentParser) -> None:
@@ -305,6 +327,12 @@ def _add_serve(s: argparse.ArgumentParser) -> None:
     s.add_argument("--access-log", action="store_true",
                    help="log every request (uvicorn access log)")
     s.set_defaults(func=cmd_serve)
+
+
+def cmd_tune(args) -> int:
+    from .tune import cmd_tune as run_tune
+
+    return run_tune(args)
 
 
 def main(argv: list[str] | None = None) -> int:

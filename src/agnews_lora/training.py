@@ -125,8 +125,12 @@ class _Signals:
             signal.signal(s, h)
 
 
-def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) -> Run:
-    """Train LoRA under the budget; write the run directory; return the finished `Run`."""
+def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, on_eval=None) -> Run:
+    """Train LoRA under the budget; write the run directory; return the finished `Run`.
+
+    ``on_eval(step, metrics)`` is called on the main process after each validation evaluation;
+    an exception it raises propagates out of ``train`` (the run is left without summary.json).
+    """
     if resume is not None:
         run_dir = Path(resume)
         cfg = load_run_config(run_dir)
@@ -182,6 +186,7 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
         where = " and in the attention" if loop.fast_dropout["attention_from"] else ""
         say(f"dropout: fast CPU masks in {loop.fast_dropout['dropout_modules']} modules{where} "
             f"(train.fast_cpu_dropout; false restores torch's own)")
+    loop.on_eval = on_eval
     if state is not None:
         loop.restore(state)
     return loop.run()
@@ -218,6 +223,7 @@ class _Loop:
         self.finished = False  # True once training is over (set when the export fails and is checkpointed)
         self.train_time = 0.0
         self._epoch_cache: tuple[int, list] | None = None
+        self.on_eval = None  # train(on_eval=...): called with (step, metrics) after each evaluation
 
     # -- state ---------------------------------------------------------------------------------
     def restore(self, state: dict) -> None:
@@ -398,6 +404,8 @@ class _Loop:
             metrics_log.write({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "split": "validation", **m})
         if bar:
             bar.set_postfix(val_acc=f"{m['accuracy']:.4f}", best=f"{self.best_acc:.4f}")
+        if self.on_eval is not None and self.acc.is_main_process:
+            self.on_eval(self.step, m)
         patience = self.cfg.train.early_stopping_patience
         return patience is not None and self.bad_evals >= patience
 
