@@ -76,13 +76,13 @@ def test_grid_study_never_trains_over_budget_layouts(
         path, tmp_path / "probe"
     ).layouts.counts  # exact counts, budget 1M: everything fits
     budget = (
-        counts[("16", "q,v", "all")] + counts[("16", "q,k,v", "all")]
+        counts[("16", "q,v", "all", "full")] + counts[("16", "q,k,v", "all", "full")]
     ) // 2  # r16 q,v fits, q,k,v not
     assert (
-        counts[("16", "q,v", "all")]
+        counts[("16", "q,v", "all", "full")]
         <= budget
-        < counts[("16", "q,k,v", "all")]
-        < counts[("256", "q,v", "all")]
+        < counts[("16", "q,k,v", "all", "full")]
+        < counts[("256", "q,v", "all", "full")]
     )
     trained = []
     real_train = training.train
