@@ -203,15 +203,15 @@ def test_diverging_run_stops_with_a_clear_error(tiny_model_dir, data_dir, tmp_pa
 
 def test_every_module_trains_from_the_first_step_and_after_each_evaluation(tiny_model_dir, data_dir, tmp_path, monkeypatch):
     """from_pretrained leaves the base in eval mode (no dropout) under PEFT's wrapper, which is in train mode."""
-    from agnews_lora.training import _Loop
+    from agnews_lora.training import Loop
 
-    modes, original = [], _Loop.train_step
+    modes, original = [], Loop.train_step
 
     def recording_step(self):
         out = original(self)
         modes.append(all(m.training for m in self.model.modules()))
         return out
 
-    monkeypatch.setattr(_Loop, "train_step", recording_step)
+    monkeypatch.setattr(Loop, "train_step", recording_step)
     _train(tiny_model_dir, data_dir, tmp_path, **{"run_name": "modes", "train.max_steps": 50, "train.eval_every": 20})
     assert len(modes) == 50 and all(modes)
