@@ -133,6 +133,9 @@ def setup(
     check_max_length(cfg, model_config)
     counts = plan_counts(cfg, model_config)
     check_budget(counts, cfg.budget.max_trainable_params)
+    if state is None:  # a new run must not land in an existing one (checked by every process)
+        run_dir = Path(cfg.output_dir) / (cfg.run_name or default_run_name(cfg))
+        _refuse_existing(run_dir)
 
     cuda = torch.cuda.is_available()
     precision = resolve_precision(cfg.train.precision, "cuda" if cuda else "cpu")
@@ -149,20 +152,15 @@ def setup(
     set_seed(cfg.train.seed)
     model = apply_lora(load_base_model(cfg), cfg.lora)
     real = count_params(model)
-    if (
-        real.trainable != counts.trainable
-    ):  # should never happen; the meta count is what we promised
+    if real.trainable != counts.trainable:  # never happens: the meta count is what we promised
         raise RuntimeError(
             f"parameter count mismatch: planned {counts.trainable}, built {real.trainable}"
         )
 
     # 3. the run directory (only now: bad input above leaves nothing behind)
-    if state is None:
-        run_dir = Path(cfg.output_dir) / (cfg.run_name or default_run_name(cfg))
-        if main:
-            _refuse_existing(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
+    if state is None and main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
     acc.wait_for_everyone()
 
     cache = cfg.data.cache_dir
