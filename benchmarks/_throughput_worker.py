@@ -130,6 +130,12 @@ def _pad_sweep(spec: dict, train_table, eval_table, workdir: Path) -> dict:
                                  "distinct_widths": len(widths[m])} for m, v in per_round.items()}}
 
 
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 _GPU_PEAK_MB_OUTSIDE = [0.0]  # GPU memory peak reached before a peak-FLOP/s measurement (which must not count)
 
 
