@@ -1,4 +1,4 @@
-"""Checkpoints hold only safetensors + JSON: a crafted one never runs code; runs without one get clear advice."""
+"""Checkpoints are safetensors + JSON: a crafted one never runs code; clear advice without one."""
 
 import hashlib
 import json
@@ -33,7 +33,7 @@ def _sha(data: bytes) -> str:
 
 
 def _unfinished_run(trained_run: Path, tmp_path: Path, name: str) -> Path:
-    """A run directory as a run killed before its first checkpoint leaves it (config.yaml, metrics)."""
+    """A run directory as a run killed before its first checkpoint leaves it."""
     run_dir = tmp_path / "runs" / name
     run_dir.mkdir(parents=True)
     shutil.copy(trained_run / "config.yaml", run_dir / "config.yaml")
@@ -60,7 +60,8 @@ def test_a_state_round_trips_without_unpickling(tmp_path, monkeypatch):
              "best_metrics": {"val_accuracy": 0.5, "val_loss": float("nan")}, "finished": False,
              "last_eval": {"accuracy": 0.5, "per_class": [0.1, 0.2]}}
     path = ckpt.save_checkpoint(tmp_path / "checkpoints", 7, state, keep=2)
-    assert sorted(p.name for p in path.iterdir()) == ["meta.json", "state.json", "tensors.safetensors"]
+    files = sorted(p.name for p in path.iterdir())
+    assert files == ["meta.json", "state.json", "tensors.safetensors"]
 
     def no_pickle(*a, **k):
         raise AssertionError("a checkpoint was unpickled")

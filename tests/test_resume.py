@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from agnews_lora.cli import main
 from conftest import tiny_overrides
 
-# enough for what each test needs: a few rotated checkpoints, a kill well after the first one and well
-# before the end, evaluations that pick a best step (300 steps took 7 minutes on a slow CI CPU)
+# enough for what each test needs: a few rotated checkpoints, a kill well after the first one and
+# well before the end, evaluations that pick a best step (300 steps took 7 minutes on a slow CI CPU)
 STEPS = 80
 
 
@@ -123,7 +123,8 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny_model_dir, data_dir, tmp_path,
     state.write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
     assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "is corrupt (tensors.safetensors fails its checksum" in err and len(err.strip().splitlines()) == 1
+    assert "is corrupt (tensors.safetensors fails its checksum" in err
+    assert len(err.strip().splitlines()) == 1
 
     (state.parent / "meta.json").unlink()
     assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 2

@@ -217,8 +217,8 @@ def test_every_module_trains_from_the_first_step_and_after_each_evaluation(tiny_
     assert len(modes) == 50 and all(modes)
 
 
-def test_setup_fit_export_is_the_public_seam_and_on_eval_sees_every_evaluation(tiny_model_dir, data_dir,
-                                                                               tmp_path):
+def test_setup_fit_export_is_the_seam_and_on_eval_sees_every_evaluation(tiny_model_dir, data_dir,
+                                                                        tmp_path):
     from agnews_lora.training import setup
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **{
@@ -227,7 +227,8 @@ def test_setup_fit_export_is_the_public_seam_and_on_eval_sees_every_evaluation(t
     assert loop.resumed_from is None and loop.step == 0 and (loop.run_dir / "config.yaml").is_file()
     seen = []
     fit = loop.fit(on_eval=lambda step, metrics: seen.append((step, metrics)))
-    assert fit.steps == 40 and fit.resumed_from is None and not (loop.run_dir / "summary.json").exists()
+    assert fit.steps == 40 and fit.resumed_from is None
+    assert not (loop.run_dir / "summary.json").exists()
     val = [r for r in read_metrics(loop.run_dir / "metrics.jsonl") if r["split"] == "validation"]
     assert [s for s, _ in seen] == [r["step"] for r in val] == [20, 40]
     assert [m for _, m in seen] == val and {"accuracy", "macro_f1", "loss"} <= seen[0][1].keys()
@@ -236,8 +237,8 @@ def test_setup_fit_export_is_the_public_seam_and_on_eval_sees_every_evaluation(t
     assert run.summary["best"]["val_accuracy"] == max(r["accuracy"] for r in val)
 
 
-def test_an_on_eval_exception_propagates_after_the_loop_closed_its_outputs(tiny_model_dir, data_dir,
-                                                                           tmp_path, monkeypatch):
+def test_an_on_eval_exception_propagates_after_the_loop_closed_its_outputs(
+        tiny_model_dir, data_dir, tmp_path, monkeypatch):
     import agnews_lora.loop as loop_module
     from agnews_lora.runs import MetricsLog
 
@@ -279,13 +280,13 @@ def test_an_on_eval_exception_propagates_after_the_loop_closed_its_outputs(tiny_
     assert closed == {"bar": 1, "log": 1}
     run_dir = tmp_path / "runs" / "cb"
     rows = read_metrics(run_dir / "metrics.jsonl")
-    assert rows[-1] == {**rows[-1], "split": "validation", "step": 40}  # complete lines, up to the failure
+    # complete lines, up to the failure
+    assert rows[-1] == {**rows[-1], "split": "validation", "step": 40}
     assert not (run_dir / "summary.json").exists() and not (run_dir / "checkpoints").exists()
 
 
-def test_max_length_beyond_the_position_limit_is_refused_before_weights_load(tiny_model_dir, data_dir,
-                                                                              tmp_path, monkeypatch,
-                                                                              capsys):
+def test_max_length_beyond_the_position_limit_is_refused_before_weights_load(
+        tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
     """The tiny RoBERTa has 130 positions, 2 of them taken by the padding offset: 128 tokens fit."""
     import agnews_lora.training as training
     from agnews_lora.cli import main
@@ -297,12 +298,13 @@ def test_max_length_beyond_the_position_limit_is_refused_before_weights_load(tin
         raise AssertionError("weights loaded before the max_length check")
 
     monkeypatch.setattr(training, "load_base_model", no_weights)
-    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **{"model.max_length": 129,
-                                                                               "run_name": "long"})
+    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path,
+                          **{"model.max_length": 129, "run_name": "long"})
     assert main(["train", "--no-progress", *[x for s in sets for x in ("--set", s)]]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "model.max_length=129" in err and "128 tokens" in err and "model.max_length <= 128" in err
+    assert "model.max_length=129" in err and "128 tokens" in err
+    assert "model.max_length <= 128" in err
     assert not (tmp_path / "runs" / "long").exists()
 
 
