@@ -133,9 +133,6 @@ def setup(
     check_max_length(cfg, model_config)
     counts = plan_counts(cfg, model_config)
     check_budget(counts, cfg.budget.max_trainable_params)
-    if state is None:  # a new run must not land in an existing one (checked by every process)
-        run_dir = Path(cfg.output_dir) / (cfg.run_name or default_run_name(cfg))
-        _refuse_existing(run_dir)
 
     cuda = torch.cuda.is_available()
     precision = resolve_precision(cfg.train.precision, "cuda" if cuda else "cpu")
@@ -144,6 +141,10 @@ def setup(
     acc = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not cuda)
     main = acc.is_main_process
     say = log.info if main else log.debug
+    if state is None:  # a new run must not land in an existing one
+        run_dir = Path(cfg.output_dir) / (cfg.run_name or default_run_name(cfg))
+        _refuse_existing(run_dir)  # every process, each before the barrier: all of them stop
+        acc.wait_for_everyone()
 
     # 2. data and model
     tokenizer = load_tokenizer(cfg.model.name_or_path)
