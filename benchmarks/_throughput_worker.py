@@ -77,10 +77,11 @@ def worker(style: str, spec_path: Path, out_path: Path) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     t_work = time.perf_counter()
     if style == "pad_sweep":
-        out_path.write_text(json.dumps(_pad_sweep(spec, tokenizer, train_enc, eval_enc, workdir), default=_jsonable))
+        sweep = _pad_sweep(spec, train_table, eval_table, workdir)
+        out_path.write_text(json.dumps(sweep, default=_jsonable))
         return 0
     if style == "ours":
-        res = _ours(cfg, plan, tokenizer, train_enc, eval_enc, eval_table, workdir, device)
+        res = _ours(cfg, plan, train_table, eval_table, device)
     else:
         res = _baseline(style, cfg, plan, tokenizer, train_enc, eval_enc, device)
 
@@ -98,28 +99,21 @@ def worker(style: str, spec_path: Path, out_path: Path) -> int:
     return 0
 
 
-def _pad_sweep(spec: dict, tokenizer, train_enc, eval_enc, workdir: Path) -> dict:
+def _pad_sweep(spec: dict, train_table, eval_table, workdir: Path) -> dict:
     """Our loop once per pad multiple, interleaved round by round so that every setting sees the same load."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from agnews_lora.budget import count_params
     from agnews_lora.config import load_config
-    from agnews_lora.devices import resolve_precision
-    from agnews_lora.modeling import apply_lora, load_base_model
-    from agnews_lora.training import _Loop
+    from agnews_lora.training import setup
 
     sw = spec["pad_sweep"]
     loops = {}
     for m in sw["multiples"]:
         cfg = load_config(None, [f"model.name_or_path={spec['model_path']}", f"model.max_length={spec['max_length']}",
                                  f"train.per_device_batch_size={spec['plan']['batch_size']}", "train.max_steps=100000",
-                                 f"train.pad_to_multiple_of={m}"])
-        precision = resolve_precision(cfg.train.precision, "cuda" if torch_cuda() else "cpu")
-        acc = Accelerator(mixed_precision="no" if precision == "fp32" else precision)
-        set_seed(cfg.train.seed)
-        model = apply_lora(load_base_model(cfg), cfg.lora)
-        loops[m] = _Loop(cfg, acc, model, tokenizer, train_enc, eval_enc, workdir / f"sweep-{m}", precision, count_params(model), False)
+                                 f"train.pad_to_multiple_of={m}", f"data.cache_dir={spec['cache_dir']}",
+                                 f"output_dir={workdir}", f"run_name=sweep-{m}"])
+        loops[m] = setup(cfg, progress=False, splits={"train": train_table, "validation": eval_table})
+    precision = next(iter(loops.values())).precision
+    train_enc = next(iter(loops.values())).train_enc
     per_round = {m: [] for m in loops}
     widths = {m: set() for m in loops}
     for _ in range(sw["rounds"]):
@@ -290,26 +284,20 @@ def _memory(device) -> dict:
     return out
 
 
-def _ours(cfg, plan: Plan, tokenizer, train_enc, eval_enc, eval_table, workdir: Path, device) -> dict:
-    """The project's training loop and Predictor, unchanged; only timed from outside."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
+def _ours(cfg, plan: Plan, train_table, eval_table, device) -> dict:
+    """The project's training loop (built by `training.setup`, as `train` builds it) and Predictor;
+    only timed from outside."""
     from agnews_lora.batching import train_batches
-    from agnews_lora.budget import count_params
     from agnews_lora.devices import resolve_precision
     from agnews_lora.export import fp32_for_export
-    from agnews_lora.modeling import apply_lora, load_base_model
     from agnews_lora.prediction import Predictor
-    from agnews_lora.training import _Loop
+    from agnews_lora.training import setup
 
-    # exactly what agnews_lora.training.train() does before its loop
     precision = resolve_precision(cfg.train.precision, device.type)
     peak = _peak(precision, plan, device)
-    acc = Accelerator(mixed_precision="no" if precision == "fp32" else precision)
-    set_seed(cfg.train.seed)
-    model = apply_lora(load_base_model(cfg), cfg.lora)
-    loop = _Loop(cfg, acc, model, tokenizer, train_enc, eval_enc, workdir / "ours-run", precision, count_params(model), False)
+    cfg.run_name = "ours-run"
+    loop = setup(cfg, progress=False, splits={"train": train_table, "validation": eval_table})
+    acc, tokenizer, train_enc, eval_enc = loop.acc, loop.tokenizer, loop.train_enc, loop.val_enc
     lengths_all = train_enc.lengths
     multiple, max_length = cfg.train.pad_to_multiple_of, cfg.model.max_length
 
@@ -350,7 +338,7 @@ def _ours(cfg, plan: Plan, tokenizer, train_enc, eval_enc, eval_table, workdir: 
 
     # inference: the fp32 merged model exactly as export writes merged/, prepared as Predictor.from_run does
     peft_model = acc.unwrap_model(loop.model, keep_fp32_wrapper=False)
-    del loop, model
+    del loop
     merged = fp32_for_export(cfg, peft_model).merge_and_unload()
     del peft_model
     served = merged

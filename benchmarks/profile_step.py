@@ -4,7 +4,7 @@
     python benchmarks/profile_step.py --model roberta-base-shape [--steps 4] [--set train.fast_cpu_dropout=false]
     python benchmarks/profile_step.py --device cuda --model minilm --steps 10   # GPU: how busy the kernels keep it
 
-Builds the model as ``benchmarks/throughput.py`` does, runs ``agnews_lora.training._Loop.train_step``
+Builds the loop with ``agnews_lora.training.setup`` (as ``train`` does), runs ``Loop.train_step``
 (the real step: length-grouped batch, bf16 autocast where the hardware has it, LoRA, AdamW) on
 the shared AG News rows (synthetic rows for the tiny model), warms up on the same steps, then profiles ``--steps`` steps and prints
 the wall time per step, the share of matrix products and the top operators by self CPU time.
@@ -40,35 +40,30 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=25, help="operators to list")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: also time the GPU kernels")
     args = p.parse_args(argv)
+    if args.device == "cpu":  # setup() trains on a GPU whenever it sees one
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
     import numpy as np
     import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
     from torch.profiler import ProfilerActivity, profile
 
     import throughput as T
-    from agnews_lora.budget import count_params
     from agnews_lora.config import load_config
-    from agnews_lora.data import encode
-    from agnews_lora.devices import resolve_precision
-    from agnews_lora.modeling import apply_lora, load_base_model, load_tokenizer
-    from agnews_lora.training import _Loop
+    from agnews_lora.modeling import load_model_config
+    from agnews_lora.training import position_limit, setup
 
     T.quiet()
     work = Path(tempfile.mkdtemp(prefix="agnews-profile-"))
     model_path, desc = T.prepare_model(args.model, work)
-    cfg = load_config(None, [f"model.name_or_path={model_path}", "model.max_length=512", f"output_dir={work}",
-                             f"data.cache_dir={work / 'cache'}", *args.set])
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    max_length = min(512, position_limit(load_model_config(model_path)) or 512)
+    cfg = load_config(None, [f"model.name_or_path={model_path}", f"model.max_length={max_length}",
+                             f"output_dir={work}", "run_name=run", f"data.cache_dir={work / 'cache'}", *args.set])
     rows, _, source = T.load_rows(T.Plan(max_rows=4000 if args.model == "tiny" else None, eval_rows=16), None, args.model)
-    enc = encode(rows, tokenizer, cfg.model.max_length, cfg.data.cache_dir)
     cuda = args.device == "cuda"
-    precision = resolve_precision(cfg.train.precision, args.device)
-    acc = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not cuda)
-    set_seed(cfg.train.seed)
-    model = apply_lora(load_base_model(cfg), cfg.lora)
-    loop = _Loop(cfg, acc, model, tokenizer, enc, enc, work / "run", precision, count_params(model), False)
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda: this machine has no GPU")
+    loop = setup(cfg, progress=False, splits={"train": rows, "validation": rows})
+    enc, precision = loop.train_enc, loop.precision
 
     def run(n: int) -> tuple[float, list[int]]:
         widths = []

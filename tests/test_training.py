@@ -203,15 +203,116 @@ def test_diverging_run_stops_with_a_clear_error(tiny_model_dir, data_dir, tmp_pa
 
 def test_every_module_trains_from_the_first_step_and_after_each_evaluation(tiny_model_dir, data_dir, tmp_path, monkeypatch):
     """from_pretrained leaves the base in eval mode (no dropout) under PEFT's wrapper, which is in train mode."""
-    from agnews_lora.training import _Loop
+    from agnews_lora.training import Loop
 
-    modes, original = [], _Loop.train_step
+    modes, original = [], Loop.train_step
 
     def recording_step(self):
         out = original(self)
         modes.append(all(m.training for m in self.model.modules()))
         return out
 
-    monkeypatch.setattr(_Loop, "train_step", recording_step)
+    monkeypatch.setattr(Loop, "train_step", recording_step)
     _train(tiny_model_dir, data_dir, tmp_path, **{"run_name": "modes", "train.max_steps": 50, "train.eval_every": 20})
     assert len(modes) == 50 and all(modes)
+
+
+def test_setup_fit_export_is_the_seam_and_on_eval_sees_every_evaluation(tiny_model_dir, data_dir,
+                                                                        tmp_path):
+    from agnews_lora.training import setup
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **{
+        "run_name": "seam", "train.max_steps": 40, "train.eval_every": 20, "train.log_every": 10}))
+    loop = setup(cfg, progress=False)
+    assert loop.resumed_from is None and loop.step == 0 and (loop.run_dir / "config.yaml").is_file()
+    seen = []
+    fit = loop.fit(on_eval=lambda step, metrics: seen.append((step, metrics)))
+    assert fit.steps == 40 and fit.resumed_from is None
+    assert not (loop.run_dir / "summary.json").exists()
+    val = [r for r in read_metrics(loop.run_dir / "metrics.jsonl") if r["split"] == "validation"]
+    assert [s for s, _ in seen] == [r["step"] for r in val] == [20, 40]
+    assert [m for _, m in seen] == val and {"accuracy", "macro_f1", "loss"} <= seen[0][1].keys()
+    run = loop.export(fit)
+    assert run.summary["steps"] == 40 and run.summary["resumed_from_step"] is None
+    assert run.summary["best"]["val_accuracy"] == max(r["accuracy"] for r in val)
+
+
+def test_an_on_eval_exception_propagates_after_the_loop_closed_its_outputs(
+        tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    import agnews_lora.loop as loop_module
+    from agnews_lora.runs import MetricsLog
+
+    closed = {"bar": 0, "log": 0}
+
+    class Bar:  # stands in for tqdm
+        def __init__(self, *a, **k):
+            pass
+
+        def set_postfix(self, **k):
+            pass
+
+        def update(self, n):
+            pass
+
+        def close(self):
+            closed["bar"] += 1
+
+    real_close = MetricsLog.close
+
+    def counting_close(self):
+        closed["log"] += 1
+        real_close(self)
+
+    monkeypatch.setattr(loop_module, "tqdm", Bar)
+    monkeypatch.setattr(MetricsLog, "close", counting_close)
+
+    class Stop(Exception):
+        pass
+
+    def on_eval(step, metrics):
+        if step == 40:
+            raise Stop(f"enough at {step}")
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **{
+        "run_name": "cb", "train.max_steps": 60, "train.eval_every": 20, "train.log_every": 10}))
+    with pytest.raises(Stop, match="enough at 40"):
+        train(cfg, progress=True, on_eval=on_eval)
+    assert closed == {"bar": 1, "log": 1}
+    run_dir = tmp_path / "runs" / "cb"
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    # complete lines, up to the failure
+    assert rows[-1] == {**rows[-1], "split": "validation", "step": 40}
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "checkpoints").exists()
+
+
+def test_max_length_beyond_the_position_limit_is_refused_before_weights_load(
+        tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
+    """The tiny RoBERTa has 130 positions, 2 of them taken by the padding offset: 128 tokens fit."""
+    import agnews_lora.training as training
+    from agnews_lora.cli import main
+    from agnews_lora.modeling import load_model_config
+
+    assert training.position_limit(load_model_config(str(tiny_model_dir))) == 128
+
+    def no_weights(*a, **k):
+        raise AssertionError("weights loaded before the max_length check")
+
+    monkeypatch.setattr(training, "load_base_model", no_weights)
+    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path,
+                          **{"model.max_length": 129, "run_name": "long"})
+    assert main(["train", "--no-progress", *[x for s in sets for x in ("--set", s)]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "model.max_length=129" in err and "128 tokens" in err
+    assert "model.max_length <= 128" in err
+    assert not (tmp_path / "runs" / "long").exists()
+
+
+def test_position_limits_of_bert_and_roberta_configs():
+    from transformers import BertConfig, MPNetConfig, RobertaConfig
+
+    from agnews_lora.training import position_limit
+
+    assert position_limit(BertConfig()) == 512
+    assert position_limit(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert position_limit(MPNetConfig(max_position_embeddings=514, pad_token_id=1)) == 512

@@ -19,11 +19,52 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoint import latest_checkpoint
 from .config import Config, config_from_dict
 from .errors import UserError
 from .safe_yaml import read_yaml_file
+
+
+@dataclass
+class Run:
+    """A finished run: its directory, config and summary."""
+
+    dir: Path
+    config: Config
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.summary["best"]["val_accuracy"]
+
+
+@dataclass
+class FitResult:
+    """What `Loop.fit` hands to the export: the loop's outcome (plain data and weights)."""
+
+    steps: int
+    total_steps: int
+    steps_per_epoch: int
+    stopped_early: bool
+    resumed_from: int | None  # the step a resumed run continued from; None for a fresh run
+    best_step: int
+    best_accuracy: float
+    best_metrics: dict  # val_accuracy, val_macro_f1, val_loss of the best evaluation
+    best_state: dict | None  # trainable weights at the best evaluation (None: never evaluated)
+    final_validation: dict  # the last evaluation's metrics
+    train_seconds: float
+    train_rows: int
+    validation_rows: int
+    world_size: int
+    per_device_batch_size: int
+    grad_accumulation: int
+    global_batch_size: int
+    precision: str
+    device: str
+    fast_dropout: dict | None  # what fast_dropout.use_fast_dropout changed (undone before saving)
 
 
 def write_json(path: str | Path, data) -> None:
@@ -36,7 +77,10 @@ def write_json(path: str | Path, data) -> None:
 
 
 def default_run_name(cfg: Config) -> str:
-    model = re.sub(r"[^A-Za-z0-9]+", "-", cfg.model.name_or_path.rstrip("/").split("/")[-1]).strip("-") or "model"
+    model = (
+        re.sub(r"[^A-Za-z0-9]+", "-", cfg.model.name_or_path.rstrip("/").split("/")[-1]).strip("-")
+        or "model"
+    )
     return f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -47,7 +91,11 @@ class MetricsLog:
         self.path = Path(path)
         if truncate_after_step is not None and self.path.exists():
             # resuming: drop lines the interrupted run wrote after its last checkpoint
-            keep = [line for line in read_metrics(self.path) if line.get("step", 0) <= truncate_after_step]
+            keep = [
+                line
+                for line in read_metrics(self.path)
+                if line.get("step", 0) <= truncate_after_step
+            ]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
         self._fh = self.path.open("a", encoding="utf-8")
 
@@ -71,6 +119,17 @@ def read_metrics(path: str | Path) -> list[dict]:
             except json.JSONDecodeError:
                 break  # a line cut short by a crash ends the log
     return rows
+
+
+def unfinished_advice(run_dir: str | Path) -> str:
+    """What to do with a run without summary.json: resume it, or delete it and train again."""
+    run_dir = Path(run_dir)
+    if latest_checkpoint(run_dir / "checkpoints") is not None:
+        return f"resume it with `agnews-lora train --resume {run_dir}`"
+    return (
+        f"it stopped before its first checkpoint, so it cannot be resumed: delete it "
+        f"(`rm -r {run_dir}`) and train again"
+    )
 
 
 def load_run_config(run_dir: str | Path) -> Config:
@@ -97,8 +156,7 @@ def load_finished_run(run_dir: str | Path) -> tuple[Config, dict]:
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise UserError(
-            f"run '{run_dir}' is not finished (no summary.json); resume it with "
-            f"`agnews-lora train --resume {run_dir}` or train again"
+            f"run '{run_dir}' is not finished (no summary.json); {unfinished_advice(run_dir)}"
         )
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -106,5 +164,6 @@ def load_finished_run(run_dir: str | Path) -> tuple[Config, dict]:
         raise UserError(f"'{summary_path}' is corrupt (not valid JSON)") from None
     merged = run_dir / "merged"
     if not (merged / "config.json").is_file() or not any(merged.glob("*.safetensors")):
-        raise UserError(f"run '{run_dir}' has no usable merged/ model (config.json + safetensors); train it again")
+        why = "no usable merged/ model (config.json + safetensors)"
+        raise UserError(f"run '{run_dir}' has {why}; train it again")
     return cfg, summary
