@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from agnews_lora import onnx_export
+from agnews_lora.backends import load_backend
 from agnews_lora.errors import UserError
 from agnews_lora.onnx_export import export_model
 from agnews_lora.prediction import Predictor, softmax
@@ -22,7 +23,6 @@ from agnews_lora.runtimes import (
     backend_logits,
     check_backend,
     export_dir,
-    load_backend,
 )
 from agnews_lora.tiny import synthetic_rows
 
@@ -225,7 +225,9 @@ def test_unknown_backend_or_format_and_missing_export_are_user_errors(trained_ru
         export_model(trained_run, "tflite")
     if HAS_ONNX:
         with pytest.raises(
-            UserError, match="no onnx export in .*agnews-lora export RUN_DIR --format onnx"
+            UserError,
+            match=r"has no onnx-int8 export yet; write it with "
+            r"`agnews-lora export .+ --format onnx --quantize int8`$",
         ):
             load_backend(trained_run, "onnx", int8=True)
     assert export_dir(trained_run, "openvino", True) == trained_run / "export" / "openvino-int8"
