@@ -60,9 +60,10 @@ def runtime_runner(
     """``(None, logits_fn)``, or ``(reason, None)`` when this runtime cannot run here."""
     from transformers import AutoTokenizer
 
+    from agnews_lora.backends import load_backend
     from agnews_lora.errors import UserError
     from agnews_lora.onnx_export import export_model
-    from agnews_lora.runtimes import backend_logits, export_dir, load_backend
+    from agnews_lora.runtimes import backend_logits, export_dir
 
     path = export_dir(run_dir, fmt, int8)
     try:

@@ -71,13 +71,19 @@ def test_label_names_come_from_the_model_and_an_edited_config_is_refused(
     assert not out.exists()
 
 
-def test_only_the_torch_backend_is_known_for_now(trained_run):
+def test_unknown_backend_and_runtime_options_are_refused_before_loading(trained_run):
     import pytest
 
     from agnews_lora.errors import UserError
 
-    with pytest.raises(UserError, match=r"unknown inference backend 'onnx' \(valid: torch\)"):
-        Predictor.from_run(trained_run, backend="onnx")
+    with pytest.raises(UserError, match=r"unknown backend 'tensorrt' \(choices: torch, onnx, "):
+        Predictor.from_run(trained_run, backend="tensorrt")
+    with pytest.raises(UserError, match=r"openvino backend runs in fp32; --precision bf16"):
+        Predictor.from_run(trained_run, backend="openvino", precision="bf16")
+    with pytest.raises(UserError, match=r"onnx backend runs on the CPU; device 'cuda'"):
+        Predictor.from_run(trained_run, backend="onnx", device="cuda")
+    p = Predictor.from_run(trained_run, precision="fp32")
+    assert p.backend_kind == "torch" and not p.quantized
 
 
 class RecordingBackend:

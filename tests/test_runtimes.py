@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from agnews_lora import onnx_export
+from agnews_lora.backends import load_backend
 from agnews_lora.errors import UserError
 from agnews_lora.onnx_export import export_model
 from agnews_lora.prediction import Predictor, softmax
@@ -22,7 +23,6 @@ from agnews_lora.runtimes import (
     backend_logits,
     check_backend,
     export_dir,
-    load_backend,
 )
 from agnews_lora.tiny import synthetic_rows
 
@@ -225,7 +225,9 @@ def test_unknown_backend_or_format_and_missing_export_are_user_errors(trained_ru
         export_model(trained_run, "tflite")
     if HAS_ONNX:
         with pytest.raises(
-            UserError, match="no onnx export in .*agnews-lora export RUN_DIR --format onnx"
+            UserError,
+            match=r"has no onnx-int8 export yet; write it with "
+            r"`agnews-lora export .+ --format onnx --quantize int8`$",
         ):
             load_backend(trained_run, "onnx", int8=True)
     assert export_dir(trained_run, "openvino", True) == trained_run / "export" / "openvino-int8"
@@ -292,3 +294,22 @@ def test_cpu_runtimes_benchmark_prints_a_table_and_writes_json(
     assert abs(rows["onnx"]["accuracy"] - rows["torch-fp32"]["accuracy"]) < 1e-9
     assert "no export" in rows["openvino-int8"]["skipped"]  # --no-export: not made here
     assert all("samples_per_s" in r or "skipped" in r for r in rows.values())
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="pip install '.[openvino]'")
+def test_openvino_backend_answers_several_threads_at_once(run_copy, exported):
+    """serve --workers 2 calls one backend from two threads: each gets its own infer request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    exported("openvino", False)
+    backend = load_backend(run_copy, "openvino", threads=1)
+    rng = np.random.default_rng(3)
+    batches = []
+    for n in range(12):
+        ids = rng.integers(5, 200, (4, 8 + 8 * (n % 3))).astype(np.int64)
+        batches.append((ids, np.ones_like(ids)))
+    alone = [backend.logits(ids, mask) for ids, mask in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda b: backend.logits(*b), batches * 3))
+    for got, want in zip(together, alone * 3):
+        np.testing.assert_allclose(got, want, atol=1e-5)

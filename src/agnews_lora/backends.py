@@ -2,9 +2,10 @@
 
 A backend is anything with ``logits(input_ids, attention_mask) -> np.ndarray``: int64 arrays of
 shape ``(rows, width)`` in, float32 logits of shape ``(rows, num_labels)`` out.  `Predictor` does
-the rest (tokenising, batching, padding, softmax, labels), so an ONNX Runtime or OpenVINO backend
-only has to implement that one method and be added to `load_backend`.  It must be safe to call
-from several threads at once (``serve --workers``).
+the rest (tokenising, batching, padding, softmax, labels).  `load_backend` makes any of `BACKENDS`
+for a finished run: `TorchBackend` on ``merged/``, or the ONNX Runtime / OpenVINO backend of its
+export (`agnews_lora.runtimes`).  A backend must be safe to call from several threads at once
+(``serve --workers``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import torch
 
 from .devices import autocast_context, resolve_precision
 from .errors import UserError
-
-BACKENDS = ("torch",)
+from .runtimes import BACKENDS, check_backend, open_export  # noqa: F401 (BACKENDS: re-export)
 
 
 class Backend(Protocol):
@@ -58,6 +58,8 @@ def torch_logits(
 
 class TorchBackend:
     """A transformers sequence classifier in eval mode, on ``device``, at ``precision``."""
+
+    kind = "torch"
 
     def __init__(
         self, model, precision: str = "auto", device: str | None = None, quantized: bool = False
@@ -106,14 +108,40 @@ class TorchBackend:
 
 
 def load_backend(
-    name: str,
-    model_dir: str | Path,
+    run_dir: str | Path,
+    name: str = "torch",
+    int8: bool = False,
+    threads: int | None = None,
     precision: str = "auto",
     device: str | None = None,
-    quantize: str | None = None,
     attn_implementation: str | None = None,
 ):
-    """The backend called ``name`` for the merged model in ``model_dir`` (only "torch" for now)."""
-    if name not in BACKENDS:
-        raise UserError(f"unknown inference backend '{name}' (valid: {', '.join(BACKENDS)})")
-    return TorchBackend.from_pretrained(model_dir, precision, device, quantize, attn_implementation)
+    """The backend ``name`` (one of `BACKENDS`) of the finished run in ``run_dir``.
+
+    * ``torch``: ``merged/`` at ``precision`` on ``device``; ``int8``: dynamically quantised
+      (CPU). ``threads`` is not used (torch's threads are the process's: ``torch.set_num_threads``).
+    * ``onnx`` / ``openvino``: the run's export ``RUN_DIR/export/<name>[-int8]/`` (never made
+      here: a missing one is a UserError naming the `agnews-lora export` command), fp32, on the
+      CPU, ``threads`` intra-op threads (None: the runtime's default).
+    """
+    check_backend(name)
+    if name == "torch":
+        quantize = "int8" if int8 else None
+        merged = Path(run_dir) / "merged"
+        return TorchBackend.from_pretrained(
+            merged, precision, device, quantize, attn_implementation
+        )
+    if precision not in ("auto", "fp32"):
+        raise UserError(
+            f"the {name} backend runs in fp32; --precision {precision} needs --backend torch"
+        )
+    if device not in (None, "cpu"):
+        raise UserError(
+            f"the {name} backend runs on the CPU; device '{device}' needs --backend torch"
+        )
+    return open_export(run_dir, name, int8, threads)
+
+
+def variant_suffix(name: str, int8: bool) -> str:
+    """What an evaluation's folder name gets for a backend: "", "-int8", "-onnx", "-onnx-int8"..."""
+    return ("" if name == "torch" else f"-{name}") + ("-int8" if int8 else "")

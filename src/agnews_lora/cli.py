@@ -94,13 +94,15 @@ def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_run
 
     m = evaluate_run(args.run_dir, args.data, trust_pickle=args.trust_pickle,
-                     quantize=args.quantize, overwrite=args.overwrite)
+                     quantize=args.quantize, overwrite=args.overwrite, backend=args.backend)
     out = os.path.join(args.run_dir, "eval", m["split"])
     _out(f"split          {m['split']} ({m['rows']:,} rows, {m['truncated_rows']} truncated)")
     _out(f"accuracy       {m['accuracy']:.4f}")
     _out(f"macro-F1       {m['macro_f1']:.4f}")
     _out("per-class F1   " + "  ".join(f"{k} {v:.4f}" for k, v in m["per_class_f1"].items()))
-    _out(f"speed          {m['samples_per_s']:.1f} samples/s ({m['precision_used']}{', int8' if m['quantized'] else ''})")
+    backend = "" if m["backend"] == "torch" else f"{m['backend']} "
+    _out(f"speed          {m['samples_per_s']:.1f} samples/s "
+         f"({backend}{m['precision_used']}{', int8' if m['quantized'] else ''})")
     _out(f"written        {out}/metrics.json classification_report.txt confusion_matrix.png")
     return 0
 
@@ -115,7 +117,7 @@ def cmd_predict(args) -> int:
     )
 
     check_output(args.output, args.overwrite, args.input)  # before minutes of work, not after
-    predictor = Predictor.from_run(args.run_dir, quantize=args.quantize)
+    predictor = Predictor.from_run(args.run_dir, quantize=args.quantize, backend=args.backend)
     texts = read_texts(args.input, trust_pickle=args.trust_pickle)
     logits, truncated = predictor.logits(texts)
     preds = logits.argmax(axis=1)
@@ -182,7 +184,32 @@ def cmd_serve(args) -> int:
                            args.max_body_bytes, args.max_queue_texts, not args.no_batching,
                            args.workers, args.read_timeout)
     return serve(args.run_dir, options, args.host, args.port, args.precision, args.quantize,
-                 args.threads, args.graceful_timeout, args.access_log, args.verbose)
+                 args.threads, args.graceful_timeout, args.access_log, args.verbose,
+                 backend=args.backend)
+
+
+def cmd_export(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .onnx_export import export_model
+
+    int8 = args.quantize == "int8"
+    path = export_model(args.run_dir, args.format, int8, overwrite=args.overwrite)
+    info = json.loads((Path(path) / "export.json").read_text(encoding="utf-8"))
+    c, tol = info["check"], info["check"]["tolerance"]
+    model = "model.onnx" if args.format == "onnx" else "model.xml + model.bin"
+    _out(f"written        {path}/ ({model}, tokenizer, config.json, export.json) "
+         f"in {info['export_seconds']:.1f} s")
+    _out(f"checked        against PyTorch fp32 on {c['rows']} {c['rows_from']} rows: "
+         f"same label on {c['label_agreement']:.2%}, on {c['decided_agreement']:.2%} of the "
+         f"{c['decided_rows']} PyTorch decides by >= {tol['tie_margin']:g} "
+         f"(needs >= {tol['min_agreement']:.0%})")
+    _out(f"               max |Δ prob| {c['max_abs_prob_diff']:.2g} "
+         f"(needs <= {tol['max_prob_diff']:g}), max |Δ logit| {c['max_abs_logit_diff']:.2g}")
+    flags = f"--backend {args.format}" + (" --quantize int8" if int8 else "")
+    _out(f"next           agnews-lora evaluate {args.run_dir} {flags}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--data", help="labelled CSV / JSONL / Parquet file (default: the official test split)")
     e.add_argument("--trust-pickle", action="store_true", help="allow a .pkl --data file (pickles can run code)")
-    e.add_argument("--quantize", choices=["int8"], help="evaluate the dynamically int8-quantised model (CPU)")
+    _add_backend(e, "evaluate")
     e.add_argument("--overwrite", action="store_true",
                    help="let --data replace the held-out results in eval/test/")
     e.set_defaults(func=cmd_evaluate)
@@ -225,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--trust-pickle", action="store_true", help="allow loading a .pkl input (pickles can run code)")
     pr.add_argument("--probabilities", action="store_true", help="add one p_<label> column per class")
     pr.add_argument("--label-names", action="store_true", help="add a LabelName column")
-    pr.add_argument("--quantize", choices=["int8"], help="predict with the dynamically int8-quantised model (CPU)")
+    _add_backend(pr, "predict")
     pr.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     pr.set_defaults(func=cmd_predict)
 
@@ -236,7 +263,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(command("serve", "serve a finished run over HTTP (POST /v1/classify) with "
                        "micro-batching"))
     _add_tune(command("tune", "budget-aware hyperparameter search on Optuna (shared study)"))
+    _add_export(command("export", "export a finished run to ONNX Runtime or OpenVINO (optionally "
+                        "int8), checked against PyTorch; RUN_DIR/export/<format>[-int8]/"))
     return p
+
+
+BACKEND_CHOICES = "{torch,onnx,openvino}"  # runtimes.BACKENDS; not imported: keeps --help fast
+
+
+def _add_int8(sp: argparse.ArgumentParser, help: str) -> None:
+    """``--quantize int8``, and ``--int8`` as its shorthand (one spelling, both accepted)."""
+    sp.add_argument("--quantize", choices=["int8"], help=help)
+    sp.add_argument("--int8", dest="quantize", action="store_const", const="int8",
+                    help="shorthand for --quantize int8")
+
+
+def _add_backend(sp: argparse.ArgumentParser, verb: str) -> None:
+    sp.add_argument("--backend", default="torch", metavar=BACKEND_CHOICES,
+                    help=f"what to {verb} with: torch (the run's merged/ model, default), or the "
+                         "run's ONNX Runtime / OpenVINO export (fp32, CPU; made by "
+                         "`agnews-lora export`)")
+    _add_int8(sp, "int8: torch's dynamic int8 quantisation (CPU), or the runtime's int8 export")
+
+
+def _add_export(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("run_dir", help="a finished run directory (with merged/ and summary.json)")
+    sp.add_argument("--format", required=True, metavar="{onnx,openvino}",
+                    help="onnx: ONNX Runtime; openvino: OpenVINO IR")
+    _add_int8(sp, "int8 weights (ONNX Runtime dynamic quantisation / NNCF weight compression)")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace an existing export of this format")
+    sp.set_defaults(func=cmd_export)
 
 
 def _add_tune(sp: argparse.ArgumentParser) -> None:
@@ -311,8 +368,7 @@ def _add_serve(s: argparse.ArgumentParser) -> None:
                    help="one request per forward pass (baseline)")
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="inference precision (auto: bf16 where the CPU/GPU runs it fast)")
-    s.add_argument("--quantize", choices=["int8"],
-                   help="serve the dynamically int8-quantised model (CPU)")
+    _add_backend(s, "serve")
     s.add_argument("--workers", type=int, default=d.workers,
                    help="micro-batches that may run at the same time, each in its own thread "
                         "(default 0 = auto: 2 on a CPU with 2+ cores, 1 on a GPU)")

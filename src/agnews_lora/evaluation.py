@@ -34,7 +34,14 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
     }
 
 
-HELD_OUT = "test"  # the split `evaluate RUN_DIR` scores: eval/test (and eval/test-int8)
+HELD_OUT = "test"  # the split `evaluate RUN_DIR` scores: eval/test, eval/test-int8, eval/test-onnx..
+
+
+def held_out_names() -> set[str]:
+    """The folder names of held-out results: ``test`` + `variant_suffix` of every backend."""
+    from .backends import BACKENDS, variant_suffix
+
+    return {HELD_OUT + variant_suffix(b, q) for b in BACKENDS for q in (False, True)}
 
 
 def eval_dir(run_dir: Path, split: str, from_data_file: bool, overwrite: bool) -> Path:
@@ -53,7 +60,7 @@ def eval_dir(run_dir: Path, split: str, from_data_file: bool, overwrite: bool) -
             "rename the --data file"
         )
     out = run_dir / "eval" / split
-    held_out = split in (HELD_OUT, f"{HELD_OUT}-int8")
+    held_out = split in held_out_names()
     if from_data_file and held_out and out.exists() and not overwrite:
         raise UserError(
             f"--data would replace the held-out results in '{out}'; rename the file "
@@ -69,20 +76,28 @@ def evaluate_run(
     batch_size: int | None = None,
     quantize: str | None = None,
     overwrite: bool = False,
+    backend: str = "torch",
 ) -> dict:
-    """Score a finished run on ``data_file`` (default: its test split); write ``eval/<split>/``."""
+    """Score a finished run on ``data_file`` (default: its test split) with ``backend``; write
+    ``eval/<split><variant>/`` (`backends.variant_suffix`: ``test``, ``test-int8``,
+    ``test-onnx``, ``test-openvino-int8``, ...)."""
+    from .backends import check_backend, variant_suffix
     from .data import load_test_split
     from .plotting import plot_confusion_matrix
     from .prediction import Predictor
     from .runs import load_finished_run
 
     run_dir = Path(run_dir)
+    check_backend(backend)
     cfg, _ = load_finished_run(run_dir)
     table = load_test_split(cfg, data_file, trust_pickle)
-    split = table.name + ("-int8" if quantize else "")
+    split = table.name + variant_suffix(backend, bool(quantize))
     out = eval_dir(run_dir, split, bool(data_file), overwrite)
     predictor = Predictor.from_run(
-        run_dir, batch_size=batch_size or cfg.train.eval_batch_size, quantize=quantize
+        run_dir,
+        batch_size=batch_size or cfg.train.eval_batch_size,
+        quantize=quantize,
+        backend=backend,
     )
     t0 = time.perf_counter()
     logits, truncated = predictor.logits(table.texts)
@@ -98,6 +113,7 @@ def evaluate_run(
             "rows": len(table),
             "truncated_rows": int(sum(truncated)),
             "per_class_f1": dict(zip(names, map(float, per_class))),
+            "backend": backend,
             "precision_used": predictor.precision,
             "quantized": bool(quantize),
             "seconds": round(seconds, 3),

@@ -1,9 +1,10 @@
 """Inference: the one path from texts to labels, used by `evaluate`, `predict` and `serve`.
 
 `Predictor` tokenises, plans length-sorted batches (`batching.plan_batches`), pads each to a
-multiple of 8 and hands it to a backend (`backends.TorchBackend`: the run's ``merged/`` model, a
-plain transformers model with no LoRA side branches, under ``torch.inference_mode`` in bf16 where
-the hardware has it).  The training loop's validation goes through the same planner and padding
+multiple of 8 and hands it to a backend (`backends.load_backend`): ``torch``, the run's
+``merged/`` model, a plain transformers model with no LoRA side branches, under
+``torch.inference_mode`` in bf16 where the hardware has it; or ``onnx`` / ``openvino``, the run's
+export (`agnews_lora.runtimes`), in fp32 on the CPU.  The training loop's validation goes through the same planner and padding
 (`batched_logits`).  Label names come from the model itself (``merged/config.json``).
 """
 
@@ -20,7 +21,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backends import load_backend, prepare_for_inference, torch_logits  # noqa: F401 (re-export)
+from .backends import (  # noqa: F401 (re-export)
+    check_backend,
+    load_backend,
+    prepare_for_inference,
+    torch_logits,
+)
 from .batching import pad_ids, plan_batches
 from .data import Encoded, read_columns
 from .errors import UserError
@@ -219,10 +225,14 @@ class Predictor:
         device: str | None = None,
         quantize: str | None = None,
         backend: str = "torch",
+        threads: int | None = None,
     ) -> "Predictor":
-        """The run's ``merged/`` model behind ``backend`` (only "torch" for now)."""
+        """The run's model behind ``backend`` (`backends.BACKENDS`): "torch" runs ``merged/``,
+        "onnx" / "openvino" the run's export (``quantize="int8"``: its int8 export), which must
+        exist (`agnews-lora export`); ``threads``: the runtime's threads (not torch's)."""
         from transformers import AutoTokenizer
 
+        check_backend(backend)
         cfg, summary = load_finished_run(run_dir)
         merged = Path(run_dir) / "merged"
         names = model_label_names(merged, cfg.data.label_names, run_dir)
@@ -230,7 +240,13 @@ class Predictor:
             raise UserError(f"unknown quantisation '{quantize}' (supported: int8)")
         try:
             engine = load_backend(
-                backend, merged, precision, device, quantize, cfg.model.attn_implementation
+                run_dir,
+                backend,
+                quantize == "int8",
+                threads,
+                precision,
+                device,
+                cfg.model.attn_implementation,
             )
             tokenizer = AutoTokenizer.from_pretrained(merged)
         except UserError:
@@ -262,6 +278,11 @@ class Predictor:
     @property
     def quantized(self) -> bool:
         return bool(getattr(self.backend, "quantized", False))
+
+    @property
+    def backend_kind(self) -> str:
+        """"torch", "onnx", "openvino" (`backends.BACKENDS`), or "custom"."""
+        return getattr(self.backend, "kind", "custom")
 
     def precision_context(self):
         return self.backend.precision_context()

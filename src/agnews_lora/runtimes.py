@@ -5,14 +5,18 @@ A backend turns padded token ids into logits and nothing else::
     backend.logits(input_ids, attention_mask)   # int64 [B, T] x 2 -> float32 [B, num_labels]
 
 `OnnxBackend` and `OpenVinoBackend` load an export directory written by
-`agnews_lora.onnx_export.export_model` (``RUN_DIR/export/<format>[-int8]/``). Both runtimes are
-optional extras: ``pip install 'agnews-lora[onnx]'`` / ``pip install 'agnews-lora[openvino]'``.
+`agnews_lora.onnx_export.export_model` (``RUN_DIR/export/<format>[-int8]/``); `open_export` finds,
+checks and opens a run's export (`agnews_lora.backends.load_backend` is the one entry point for
+every backend, torch included). Both runtimes are optional extras:
+``pip install 'agnews-lora[onnx]'`` / ``pip install 'agnews-lora[openvino]'``.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import shlex
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import numpy as np
 
 from .errors import UserError
 
-BACKENDS = ("torch", "onnx", "openvino")  # the names `--backend` accepts; torch is prediction.py's
+BACKENDS = ("torch", "onnx", "openvino")  # the names `--backend` accepts (the one list)
 FORMATS = ("onnx", "openvino")  # what `export` writes; each is also a backend name
 EXTRAS = {
     "onnx": "onnx",
@@ -30,6 +34,7 @@ EXTRAS = {
     "nncf": "openvino",
 }
 MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
+RUNTIME_MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}  # what running an export needs
 
 
 def require(module: str, extra: str | None = None):
@@ -67,7 +72,7 @@ def read_export_info(path: str | Path, fmt: str) -> dict:
     if not (path / MODEL_FILES[fmt]).is_file() or not info_path.is_file():
         raise UserError(
             f"no {fmt} export in '{path}'; write one with "
-            f"`agnews-lora export RUN_DIR --format {fmt}` (add --int8 for int8)"
+            f"`agnews-lora export RUN_DIR --format {fmt}` (add --quantize int8 for int8)"
         )
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
@@ -101,7 +106,8 @@ class OnnxBackend:
         ort = require("onnxruntime")
         self.path = Path(path)
         self.info = read_export_info(self.path, "onnx")
-        self.name = export_name("onnx", bool(self.info.get("int8")))
+        self.kind, self.quantized = "onnx", bool(self.info.get("int8"))
+        self.name = export_name("onnx", self.quantized)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -127,14 +133,16 @@ class OpenVinoBackend:
     """OpenVINO on ``PATH/model.xml``, compiled for the CPU with fp32 inference precision.
 
     fp32 is forced (OpenVINO would pick bf16 on a CPU that has it) so that the model run is the
-    one whose predictions the export checked against PyTorch.
+    one whose predictions the export checked against PyTorch. One infer request per calling
+    thread: a request runs one inference at a time (``serve --workers 2`` calls from two threads).
     """
 
     def __init__(self, path: str | Path, threads: int | None = None):
         ov = require("openvino")
         self.path = Path(path)
         self.info = read_export_info(self.path, "openvino")
-        self.name = export_name("openvino", bool(self.info.get("int8")))
+        self.kind, self.quantized = "openvino", bool(self.info.get("int8"))
+        self.name = export_name("openvino", self.quantized)
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -149,25 +157,43 @@ class OpenVinoBackend:
                 f"({type(e).__name__}: {str(e)[:120]}); export again"
             ) from None
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
-        self.request = self.compiled.create_infer_request()
+        self._local = threading.local()
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        out = self.request.infer(_feeds(self.input_names, input_ids, attention_mask))
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        out = request.infer(_feeds(self.input_names, input_ids, attention_mask))
         return np.array(out[self.compiled.outputs[0]], dtype=np.float32)
 
 
 RUNTIME_BACKENDS = {"onnx": OnnxBackend, "openvino": OpenVinoBackend}
 
 
-def load_backend(run_dir: str | Path, name: str, int8: bool = False, threads: int | None = None):
+def export_command(run_dir: str | Path, fmt: str, int8: bool) -> str:
+    """The `agnews-lora export` command line that writes this export."""
+    return (
+        f"agnews-lora export {shlex.quote(str(run_dir))} --format {fmt}"
+        + (" --quantize int8" if int8 else "")
+    )
+
+
+def open_export(run_dir: str | Path, name: str, int8: bool = False, threads: int | None = None):
     """The ONNX / OpenVINO backend of a run's export (``RUN_DIR/export/<name>[-int8]``).
 
-    ``torch`` is not made here (it is the Predictor's own model); any other name is a UserError.
+    UserErrors, in this order: the runtime's package is missing (naming the extra), the export
+    does not exist (naming the `agnews-lora export` command that writes it), it is of an older
+    ``merged/`` model. Use `agnews_lora.backends.load_backend` (every backend, torch included).
     """
-    check_backend(name)
     if name not in RUNTIME_BACKENDS:
         raise ValueError(f"backend '{name}' is not an exported runtime")
+    require(RUNTIME_MODULES[name])
     path = export_dir(run_dir, name, int8)
+    if not (path / MODEL_FILES[name]).is_file() or not (path / "export.json").is_file():
+        raise UserError(
+            f"run '{run_dir}' has no {export_name(name, int8)} export yet; write it with "
+            f"`{export_command(run_dir, name, int8)}`"
+        )
     check_fresh(Path(run_dir), path, read_export_info(path, name))
     return RUNTIME_BACKENDS[name](path, threads=threads)
 
@@ -196,21 +222,21 @@ def padded_batches(
     max_length: int,
     batch_size: int = 128,
     multiple: int = 8,
-    min_tokens: int = 2048,
+    overhead_tokens: int = 64,
 ):
     """``(rows, input_ids, attention_mask)`` per batch, int64 numpy, longest texts first.
 
-    The Predictor's batching (`sorted_batches` + `collate`): rows of similar length together,
-    each batch padded to its longest row rounded up to ``multiple``.
+    The Predictor's batching (`plan_batches` + `pad_ids`, CPU pass overhead): rows of similar
+    length together, each batch padded to its longest row rounded up to ``multiple``.
     """
-    from .batching import collate, sorted_batches
+    from .batching import pad_ids, plan_batches
     from .prediction import encode_texts
 
     encoded, _ = encode_texts(tokenizer, texts, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for rows in sorted_batches(encoded.lengths, batch_size, multiple, min_tokens):
-        batch = collate([encoded.ids[i] for i in rows], pad_id, multiple, max_length)
-        yield rows, batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+    for rows in plan_batches(encoded.lengths, batch_size, multiple, overhead_tokens, max_length):
+        ids, mask = pad_ids([encoded.ids[i] for i in rows], pad_id, multiple, max_length)
+        yield rows, ids, mask
 
 
 def backend_logits(

@@ -371,6 +371,7 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
         "max_length": predictor.max_length,
         "parameters": {k: params.get(k) for k in ("trainable", "total", "lora", "head")},
         "validation_accuracy": best.get("val_accuracy"),
+        "backend": getattr(predictor, "backend_kind", "torch"),
         "precision": predictor.precision,
         "quantized": bool(getattr(predictor, "quantized", False)),
         "device": str(predictor.device),

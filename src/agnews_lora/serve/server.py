@@ -136,11 +136,15 @@ def serve(
     graceful_timeout: float = 30.0,
     access_log: bool = False,
     verbose: bool = False,
+    backend: str = "torch",
 ) -> int:
-    """Load ``run_dir``'s merged model, warm it up, listen, and serve until SIGTERM / Ctrl-C."""
+    """Load ``run_dir``'s model behind ``backend`` (torch: ``merged/``; onnx / openvino: its
+    export), warm it up, listen, and serve until SIGTERM / Ctrl-C."""
+    from ..backends import check_backend
     from ..runs import load_finished_run
 
     options = check_options(options, port, threads)
+    check_backend(backend)
     load_finished_run(
         run_dir
     )  # the same one-line error as Predictor.from_run, before torch is imported
@@ -153,8 +157,18 @@ def serve(
     from ..prediction import Predictor
     from .app import create_app
 
+    runtime_threads = None  # an ONNX Runtime / OpenVINO backend: its threads per worker
+    if backend != "torch":
+        runtime_threads = threads or default_threads(
+            torch.get_num_threads(), options.workers or default_workers("cpu")
+        )
     predictor = Predictor.from_run(
-        run_dir, batch_size=options.max_batch_size, precision=precision, quantize=quantize
+        run_dir,
+        batch_size=options.max_batch_size,
+        precision=precision,
+        quantize=quantize,
+        backend=backend,
+        threads=runtime_threads,
     )
     options.workers = options.workers or default_workers(predictor.device.type)
     torch.set_num_threads(threads or default_threads(torch.get_num_threads(), options.workers))
@@ -171,7 +185,8 @@ def serve(
         else "no batching (one request per forward)"
     )
     print(
-        f"serving {run_dir} on http://{shown}:{port}  ({predictor.precision}"
+        f"serving {run_dir} on http://{shown}:{port}  ("
+        f"{'' if backend == 'torch' else backend + ' '}{predictor.precision}"
         f"{', int8' if quantize else ''} on {predictor.device}, "
         f"{workers} worker{'s' * (workers > 1)}"
         f" x {n_threads} thread{'s' * (n_threads > 1)}; {batching}; warm-up {seconds:.2f} s)"
