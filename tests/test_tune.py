@@ -154,7 +154,7 @@ def test_bad_evaluations_prune_the_trial(tiny_model_dir, data_dir, tmp_path):
     # an earlier trial, perfect at every evaluation: anything worse is pruned at its first one
     study.add_trial(
         optuna.trial.create_trial(
-            params={"lora.r": "2", "lora.target_modules": "q,v", "lora.layers": "all"},
+            params={"lora.r": "2", "lora.target_modules": "q,v", "lora.layers": "all", "lora.head": "full"},
             distributions={
                 k: optuna.distributions.CategoricalDistribution(list(v))
                 for k, v in spec.layouts.dims.items()
