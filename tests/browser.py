@@ -1,6 +1,7 @@
 """Headless Chromium for the tests that look at pages (report.html, the demo page).
 
-Debian's `chromium` package (``apt-get install -y chromium``); the tests skip, saying so, without it.
+Debian's `chromium` package (``apt-get install -y chromium``); the tests skip, saying so,
+without it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,19 @@ requires_chromium = pytest.mark.skipif(
 
 def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     profile = Path(tmp) / "chromium-profile"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", f"--user-data-dir={profile}", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
 

@@ -58,8 +58,11 @@ def test_evaluate_rewrites_the_report_with_the_test_split(run_copy):
     assert "held-out test accuracy" in text and f"{m['accuracy']:.4f}" in text
     assert "No held-out test results yet" not in text
     for name, f1 in m["per_class_f1"].items():  # the per-class table has a test column
-        assert re.search(rf"<td>{re.escape(name)}</td><td class=\"n\">[0-9.]+</td>"
-                         rf"<td class=\"n\">{f1:.4f}</td>", text)
+        assert re.search(
+            rf"<td>{re.escape(name)}</td><td class=\"n\">[0-9.]+</td>"
+            rf"<td class=\"n\">{f1:.4f}</td>",
+            text,
+        )
 
 
 def test_report_command_regenerates_with_a_capped_sample(run_copy, capsys):
@@ -97,17 +100,51 @@ def test_sweep_report_links_children_and_embeds_the_plot(run_copy, tmp_path):
     out = tmp_path / "sweep"
     out.mkdir()
     rows = [
-        {"name": "a", "status": "ok", "lora.r": "1", "trainable_params": 3000, "budget": 10_000,
-         "fits_budget": True, "val_accuracy": 0.5, "val_macro_f1": 0.4, "train_seconds": 1.5,
-         "run_dir": str(run_copy), "error": ""},
-        {"name": "b", "status": "ok", "lora.r": "4", "trainable_params": 6000, "budget": 10_000,
-         "fits_budget": True, "val_accuracy": 0.7, "val_macro_f1": 0.6, "train_seconds": 2.0,
-         "run_dir": "", "error": ""},
-        {"name": "c", "status": "over_budget", "lora.r": "64", "trainable_params": 90_000,
-         "budget": 10_000, "fits_budget": False, "run_dir": "", "error": "over budget: 90,000"},
+        {
+            "name": "a",
+            "status": "ok",
+            "lora.r": "1",
+            "trainable_params": 3000,
+            "budget": 10_000,
+            "fits_budget": True,
+            "val_accuracy": 0.5,
+            "val_macro_f1": 0.4,
+            "train_seconds": 1.5,
+            "run_dir": str(run_copy),
+            "error": "",
+        },
+        {
+            "name": "b",
+            "status": "ok",
+            "lora.r": "4",
+            "trainable_params": 6000,
+            "budget": 10_000,
+            "fits_budget": True,
+            "val_accuracy": 0.7,
+            "val_macro_f1": 0.6,
+            "train_seconds": 2.0,
+            "run_dir": "",
+            "error": "",
+        },
+        {
+            "name": "c",
+            "status": "over_budget",
+            "lora.r": "64",
+            "trainable_params": 90_000,
+            "budget": 10_000,
+            "fits_budget": False,
+            "run_dir": "",
+            "error": "over budget: 90,000",
+        },
     ]
-    view = StudyView(tmp_path / "s.yaml", None, {"train.max_steps": 5}, out, ["lora.r"],
-                     [_Child(r["name"], {"lora.r": r["lora.r"]}) for r in rows])
+    view = StudyView(
+        tmp_path / "s.yaml",
+        None,
+        {"train.max_steps": 5},
+        out,
+        ["lora.r"],
+        [_Child(r["name"], {"lora.r": r["lora.r"]}) for r in rows],
+    )
     write_reports(view, rows, kind="Tuning study")
     text = (out / "report.html").read_text(encoding="utf-8")
     _self_contained(text)

@@ -37,8 +37,11 @@ def _get(samples: dict, name: str, **labels) -> float:
 def test_metrics_count_requests_latencies_batches_and_texts(server):
     with httpx.Client(base_url=server, timeout=30) as c:
         before = _samples(c.get("/metrics").text)
-        for body in ({"text": "Stocks rally"}, {"texts": ["Cup final", "New chip"]},
-                     {"text": "Oil falls"}):
+        for body in (
+            {"text": "Stocks rally"},
+            {"texts": ["Cup final", "New chip"]},
+            {"text": "Oil falls"},
+        ):
             assert c.post("/v1/classify", json=body).status_code == 200
         assert c.post("/v1/classify", json={"texts": []}).status_code == 422
         assert c.get("/no/such/path").status_code == 404
@@ -51,13 +54,18 @@ def test_metrics_count_requests_latencies_batches_and_texts(server):
 
     ok = {"endpoint": "/v1/classify", "method": "POST", "status": "200"}
     assert delta("agnews_http_requests_total", **ok) == 3
-    assert delta("agnews_http_requests_total", endpoint="/v1/classify", method="POST",
-                 status="422") == 1
+    assert (
+        delta("agnews_http_requests_total", endpoint="/v1/classify", method="POST", status="422")
+        == 1
+    )
     assert delta("agnews_http_requests_total", endpoint="other", method="GET", status="404") == 1
-    assert delta("agnews_http_request_duration_seconds_count", endpoint="/v1/classify",
-                 status="200") == 3
-    assert delta("agnews_http_request_duration_seconds_sum", endpoint="/v1/classify",
-                 status="200") > 0
+    assert (
+        delta("agnews_http_request_duration_seconds_count", endpoint="/v1/classify", status="200")
+        == 3
+    )
+    assert (
+        delta("agnews_http_request_duration_seconds_sum", endpoint="/v1/classify", status="200") > 0
+    )
     assert delta("agnews_classified_texts_total") == 4
     assert delta("agnews_batch_size_texts_sum") == 4
     assert 1 <= delta("agnews_batch_size_texts_count") <= 3

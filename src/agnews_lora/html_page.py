@@ -10,8 +10,9 @@ import base64
 import html
 import io
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;
@@ -19,18 +20,21 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-se
 main{max-width:1100px;margin:0 auto;padding:24px}
 h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:0 0 12px;color:#23415f}
 .sub{color:#5b6775;margin:0 0 18px}
-section{background:#fff;border:1px solid #dde3ea;border-radius:8px;padding:16px 20px;margin:0 0 18px}
+section{background:#fff;border:1px solid #dde3ea;border-radius:8px;padding:16px 20px;
+  margin:0 0 18px}
 table{border-collapse:collapse;font-size:.92em;margin:6px 0}
 th,td{border-bottom:1px solid #e6eaef;padding:4px 10px;text-align:left;vertical-align:top;
   white-space:nowrap}
 .text{white-space:normal}
 th{background:#f0f3f6;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin:0 0 6px}
-.card{background:#f0f5fb;border:1px solid #d3e0ee;border-radius:8px;padding:8px 14px;min-width:130px}
+.card{background:#f0f5fb;border:1px solid #d3e0ee;border-radius:8px;padding:8px 14px;
+  min-width:130px}
 .card b{display:block;font-size:1.35em;color:#17406b}.card span{color:#5b6775;font-size:.85em}
 .grid{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 img{max-width:100%;height:auto}.muted{color:#6b7683}.bad{color:#a4262c}
-td:has(.text){max-width:560px;white-space:normal;word-wrap:break-word}code{background:#f0f3f6;padding:0 3px;border-radius:3px}
+td:has(.text){max-width:560px;white-space:normal;word-wrap:break-word}
+code{background:#f0f3f6;padding:0 3px;border-radius:3px}
 """
 
 
@@ -99,7 +103,9 @@ class Raw:
 
 def cards(items: list[tuple[str, str]]) -> str:
     """Big numbers with a caption: [(value, caption), ...]."""
-    body = "".join(f'<div class="card"><b>{esc(v)}</b><span>{esc(c)}</span></div>' for v, c in items)
+    body = "".join(
+        f'<div class="card"><b>{esc(v)}</b><span>{esc(c)}</span></div>' for v, c in items
+    )
     return f'<div class="cards">{body}</div>'
 
 
@@ -109,10 +115,10 @@ def section(title: str, body: str) -> str:
 
 def page(title: str, subtitle: str, sections: list[str]) -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
-        f"<h1>{esc(title)}</h1><p class=\"sub\">{esc(subtitle)}</p>\n"
+        f'<h1>{esc(title)}</h1><p class="sub">{esc(subtitle)}</p>\n'
         + "\n".join(sections)
         + "\n</main></body></html>\n"
     )

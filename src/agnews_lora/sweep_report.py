@@ -1,5 +1,5 @@
-"""What a sweep writes: ``summary.csv``, ``summary.md`` (the table the CLI prints too), ``pareto.png``
-and ``report.html`` (`sweep_html`)."""
+"""What a sweep writes: ``summary.csv``, ``summary.md`` (the table the CLI prints too),
+``pareto.png`` and ``report.html`` (`sweep_html`)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ textarea{width:100%;box-sizing:border-box;min-height:120px;font:inherit;padding:
   border:1px solid #c9d2dc;border-radius:8px}
 button{margin-top:10px;font:inherit;font-weight:600;padding:8px 20px;border:0;border-radius:6px;
   background:#1f5f99;color:#fff;cursor:pointer}button:disabled{background:#8aa6c1}
-#result{margin-top:22px;background:#fff;border:1px solid #dde3ea;border-radius:8px;padding:16px 20px}
+#result{margin-top:22px;background:#fff;border:1px solid #dde3ea;border-radius:8px;
+  padding:16px 20px}
 #label{font-size:1.6em;font-weight:700;color:#17406b}#note{color:#8a5a00;font-size:.9em}
 .row{display:flex;align-items:center;gap:10px;margin:6px 0}.name{width:90px}
 .bar{flex:1;background:#e8edf2;border-radius:4px;height:16px;overflow:hidden}

@@ -23,22 +23,40 @@ class ServeMetrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("agnews_http_requests", "HTTP requests by endpoint, method and "
-                                "status", ["endpoint", "method", "status"], registry=r)
-        self.latency = Histogram("agnews_http_request_duration_seconds", "Time to answer a "
-                                 "request, by endpoint and status", ["endpoint", "status"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.texts = Counter("agnews_classified_texts", "Texts classified (rate() = texts/s)",
-                             registry=r)
-        self.batch_texts = Histogram("agnews_batch_size_texts", "Texts per model batch",
-                                     buckets=SIZE_BUCKETS, registry=r)
-        self.batch_requests = Histogram("agnews_batch_size_requests", "Requests per model batch",
-                                        buckets=SIZE_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("agnews_batch_duration_seconds", "Time a model batch "
-                                       "took in its worker thread", buckets=LATENCY_BUCKETS,
-                                       registry=r)
-        self.failed_batches = Counter("agnews_failed_batches", "Model batches that raised",
-                                      registry=r)
+        self.requests = Counter(
+            "agnews_http_requests",
+            "HTTP requests by endpoint, method and status",
+            ["endpoint", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "agnews_http_request_duration_seconds",
+            "Time to answer a request, by endpoint and status",
+            ["endpoint", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.texts = Counter(
+            "agnews_classified_texts", "Texts classified (rate() = texts/s)", registry=r
+        )
+        self.batch_texts = Histogram(
+            "agnews_batch_size_texts", "Texts per model batch", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.batch_requests = Histogram(
+            "agnews_batch_size_requests",
+            "Requests per model batch",
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "agnews_batch_duration_seconds",
+            "Time a model batch took in its worker thread",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.failed_batches = Counter(
+            "agnews_failed_batches", "Model batches that raised", registry=r
+        )
         queue = Gauge("agnews_queue_texts", "Texts waiting for a batch", registry=r)
         queue.set_function(lambda: batcher.queued_texts)
         running = Gauge("agnews_running_texts", "Texts in batches running now", registry=r)
