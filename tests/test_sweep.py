@@ -81,6 +81,8 @@ def test_sweep_trains_children_and_writes_reports(finished_sweep):
     md = (out / "summary.md").read_text()
     assert "| `r4_qv` | ok | 4 | query,value |" in md and "over_budget" in md and "pareto.png" in md
     assert "★" in md and "Best validation accuracy within the budget" in md
+    page = (out / "report.html").read_text()
+    assert '<a href="r4_qv/report.html">r4_qv</a>' in page and "data:image/png;base64," in page
 
 
 def test_child_config_is_base_plus_overrides_plus_child(finished_sweep):

@@ -85,7 +85,8 @@ def cmd_train(args) -> int:
              f"{', fast CPU dropout' if str(s.get('dropout', '')).startswith('fast') else ''})")
         _out(f"best val       accuracy {b['val_accuracy']:.4f}  macro-F1 {b.get('val_macro_f1', float('nan')):.4f}  at step {b['step']}")
         _out(f"train time     {tm['train_seconds']:.1f} s  ({tm['train_samples_per_s']:.1f} samples/s)")
-        _out("written        config.yaml metrics.jsonl summary.json adapter/ merged/ plots/")
+        _out("written        config.yaml metrics.jsonl summary.json adapter/ merged/ plots/ "
+             "report.html")
         _out(f"next           agnews-lora evaluate {run.dir}")
     return 0
 
@@ -103,7 +104,18 @@ def cmd_evaluate(args) -> int:
     backend = "" if m["backend"] == "torch" else f"{m['backend']} "
     _out(f"speed          {m['samples_per_s']:.1f} samples/s "
          f"({backend}{m['precision_used']}{', int8' if m['quantized'] else ''})")
-    _out(f"written        {out}/metrics.json classification_report.txt confusion_matrix.png")
+    _out(f"written        {out}/metrics.json classification_report.txt confusion_matrix.png; "
+         f"{os.path.join(args.run_dir, 'report.html')}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .run_report import write_run_report
+
+    if args.max_rows < 1:
+        raise UserError("--max-rows must be at least 1")
+    path = write_run_report(args.run_dir, max_rows=args.max_rows)
+    _out(f"written        {path}")
     return 0
 
 
@@ -255,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(pr, "predict")
     pr.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     pr.set_defaults(func=cmd_predict)
+
+    r = command("report", "(re)write RUN_DIR/report.html: a self-contained page about the run")
+    r.add_argument("run_dir", help="a finished run directory")
+    r.add_argument("--max-rows", type=int, default=1000,
+                   help="validation rows predicted for the examples (default %(default)s)")
+    r.set_defaults(func=cmd_report)
 
     _add_plan(command("plan", "list LoRA layouts and their exact trainable-parameter counts vs a "
                       "budget"))

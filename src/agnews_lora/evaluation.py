@@ -131,4 +131,7 @@ def evaluate_run(
         cm, names, out / "confusion_matrix.png", title=f"{run_dir.name} — {split}"
     )
     write_json(out / "metrics.json", metrics)
+    from .run_report import try_write_run_report
+
+    try_write_run_report(run_dir)  # the report shows the new split
     return metrics

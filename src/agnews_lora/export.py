@@ -22,6 +22,7 @@ from .budget import ParamCounts
 from .config import Config
 from .devices import has_cast_linears
 from .fast_dropout import restore_dropout
+from .machine import machine_info
 from .modeling import apply_lora, load_base_model
 from .plotting import plot_training_curves
 from .runs import FitResult, read_metrics, write_json
@@ -140,6 +141,7 @@ def export_run(
             "mean_logged_tokens_per_s": round(total_tokens / max(len(train_rows), 1), 1),
         },
         "versions": library_versions(),
+        "machine": machine_info(),
     }
     write_json(run_dir / "summary.json", summary)
     return summary

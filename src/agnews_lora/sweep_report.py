@@ -1,4 +1,5 @@
-"""What a sweep writes: ``summary.csv``, ``summary.md`` (the table the CLI prints too) and ``pareto.png``."""
+"""What a sweep writes: ``summary.csv``, ``summary.md`` (the table the CLI prints too),
+``pareto.png`` and ``report.html`` (`sweep_html`)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,10 @@ def mark_pareto(rows: list[dict]) -> None:
 
 
 
-def write_reports(sweep: Sweep, rows: list[dict]) -> None:
+def write_reports(sweep: Sweep, rows: list[dict], kind: str = "Sweep") -> None:
+    """summary.csv, pareto.png, summary.md and report.html (``kind``: its title)."""
+    from .sweep_html import write_sweep_html
+
     mark_pareto(rows)
     out = Path(sweep.output_dir)
     cols = COLUMNS[:2] + sweep.swept_keys + COLUMNS[2:]
@@ -40,6 +44,7 @@ def write_reports(sweep: Sweep, rows: list[dict]) -> None:
     tmp.replace(out / "summary.csv")
     plot_pareto(sweep, rows, out / "pareto.png")
     (out / "summary.md").write_text(markdown(sweep, rows), encoding="utf-8")
+    write_sweep_html(sweep, rows, out, kind)
 
 
 def _fmt(v: Any, digits: int = 4) -> str:

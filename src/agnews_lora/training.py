@@ -95,10 +95,16 @@ def train(
 ) -> Run:
     """Train LoRA under the budget; write the run directory; return the finished `Run`.
 
-    Exactly ``setup(cfg, resume, progress)``, ``Loop.fit(on_eval)`` and ``Loop.export``; see them.
+    Exactly ``setup(cfg, resume, progress)``, ``Loop.fit(on_eval)`` and ``Loop.export``; see them;
+    then ``report.html`` (`run_report.write_run_report`).
     """
     loop = setup(cfg, resume=resume, progress=progress)
-    return loop.export(loop.fit(on_eval=on_eval))
+    run = loop.export(loop.fit(on_eval=on_eval))
+    if run.summary:  # the main process, after export: report.html (a failure only warns)
+        from .run_report import try_write_run_report
+
+        try_write_run_report(run.dir)
+    return run
 
 
 def setup(

@@ -90,7 +90,7 @@ def write_study_reports(spec: TuneSpec, study) -> tuple[list[dict], Path | None]
         ],
     )
     write_reports(
-        view, rows
+        view, rows, kind="Tuning study"
     )  # pruned trials have no final result: off the Pareto front and the plot
     complete = [
         t

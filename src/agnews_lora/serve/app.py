@@ -1,7 +1,8 @@
 """The HTTP application of `agnews-lora serve`: endpoints, request validation and limits.
 
-Endpoints: ``POST /v1/classify``, ``GET /v1/info``, ``GET /health``, plus FastAPI's own
-``/openapi.json`` and ``/docs``.  Concurrent requests are gathered by
+Endpoints: ``POST /v1/classify``, ``GET /v1/info``, ``GET /health``, ``GET /metrics`` (Prometheus,
+`serve.metrics`), ``GET /`` (a demo page, `serve.demo`), plus FastAPI's own ``/openapi.json``
+and ``/docs``.  Concurrent requests are gathered by
 :class:`agnews_lora.serve.batcher.MicroBatcher` into one batch that runs in a worker thread through
 `Predictor.classify` (sorted by length, cut into a few padded forward passes by
 `batching.plan_batches`).  Every error is a JSON body ``{"error": {"code": ..., "message": ...}}``
@@ -22,6 +23,8 @@ from typing import Optional
 
 from .. import __version__
 from .batcher import MicroBatcher, Overloaded, ShuttingDown
+from .demo import DEMO_HTML
+from .metrics import RequestMetricsMiddleware, ServeMetrics
 from .model import default_workers
 
 log = logging.getLogger(__name__)
@@ -246,7 +249,7 @@ def public_model_name(name_or_path: str | None) -> str | None:
 def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path = ""):
     """The FastAPI application around a loaded (and warmed-up) ``Predictor``."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     options = replace(
@@ -260,6 +263,17 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
         options.batching,
         options.workers,
     )
+    summary = getattr(predictor, "summary", {}) or {}
+    metrics = ServeMetrics(
+        batcher,
+        {
+            "run": Path(run_dir).name,
+            "base_model": str(public_model_name(summary.get("base_model"))),
+            "backend": getattr(predictor, "backend_kind", "torch"),
+            "precision": predictor.precision,
+        },
+    )
+    batcher.on_batch = metrics.on_batch
     state = {"ready": False}
 
     @asynccontextmanager
@@ -281,6 +295,7 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
         f"`{Path(run_dir).name}`.",
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=options.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees every status
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -362,7 +377,6 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
             return {"status": "ok"}
         return _error_response(503, "not_ready", "starting up or shutting down")
 
-    summary = getattr(predictor, "summary", {}) or {}
     params, best = summary.get("params", {}), summary.get("best", {})
     info = {
         "run": Path(run_dir).name,
@@ -384,5 +398,14 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
     )
     async def model_info():
         return {**info, "stats": batcher.stats_dict()}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics():
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.get("/", include_in_schema=False)
+    async def demo_page():
+        return HTMLResponse(DEMO_HTML)
 
     return app

@@ -69,6 +69,7 @@ class MicroBatcher:
 
     ``batching=False`` sends every request through ``fn`` on its own (the unbatched baseline).
     ``workers``: how many batches may run at once (``fn`` must then be thread-safe).
+    ``on_batch(texts, requests, seconds, ok)`` is called on the event loop after every batch.
     Must be started (``start()``) and used from a single running event loop.
     """
 
@@ -80,6 +81,7 @@ class MicroBatcher:
         max_queue_texts: int = 4096,
         batching: bool = True,
         workers: int = 1,
+        on_batch: Callable[[int, int, float, bool], None] | None = None,
     ):
         if max_batch_size < 1 or workers < 1:
             raise ValueError("max_batch_size and workers must be >= 1")
@@ -89,6 +91,7 @@ class MicroBatcher:
         self.max_queue_texts = max_queue_texts
         self.batching = batching
         self.stats = BatcherStats()
+        self.on_batch = on_batch  # (texts, requests, seconds, ok) after every batch (metrics)
         self._queue: collections.deque[_Job] = collections.deque()
         self._queued_texts = 0
         self._running_texts = 0
@@ -108,6 +111,10 @@ class MicroBatcher:
     @property
     def queued_texts(self) -> int:
         return self._queued_texts
+
+    @property
+    def running_texts(self) -> int:
+        return self._running_texts
 
     def stats_dict(self) -> dict:
         return self.stats.to_dict(self._queued_texts, self._running_texts)
@@ -232,6 +239,7 @@ class MicroBatcher:
             self._running_texts -= len(texts)
             self.stats.busy_seconds += time.perf_counter() - t0
             self.stats.batches += 1
+            self._note_batch(len(texts), len(batch), time.perf_counter() - t0, False)
             if len(batch) == 1:
                 log.error(
                     "batch of 1 request (%d texts) failed: %s: %s",
@@ -256,6 +264,7 @@ class MicroBatcher:
         self.stats.batches += 1
         self.stats.largest_batch_texts = max(self.stats.largest_batch_texts, len(texts))
         self.stats.largest_batch_requests = max(self.stats.largest_batch_requests, len(batch))
+        self._note_batch(len(texts), len(batch), time.perf_counter() - t0, True)
         start = 0
         for job in batch:
             part = results[start : start + len(job.texts)]
@@ -264,6 +273,13 @@ class MicroBatcher:
             self.stats.texts += len(job.texts)
             if not job.future.done():
                 job.future.set_result(part)
+
+    def _note_batch(self, texts: int, requests: int, seconds: float, ok: bool) -> None:
+        if self.on_batch is not None:
+            try:
+                self.on_batch(texts, requests, seconds, ok)
+            except Exception:  # noqa: BLE001 - metrics never fail a request
+                log.exception("on_batch hook failed")
 
     def _fail(self, job: _Job, exc: Exception) -> None:
         self.stats.failed_requests += 1
