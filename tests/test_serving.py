@@ -743,6 +743,7 @@ def test_batcher_runs_a_lone_request_on_all_threads_and_a_queue_on_several_worke
     from agnews_lora.serve.threads import make_policy
 
     local, lock, log, running, most = threading.local(), threading.Lock(), [], [0], [0]
+    names = []
 
     def set_threads(n):
         local.threads = n
@@ -755,6 +756,7 @@ def test_batcher_runs_a_lone_request_on_all_threads_and_a_queue_on_several_worke
         with lock:
             running[0] -= 1
             log.append((len(texts), local.threads, most[0]))
+            names.append(threading.current_thread().name.split("_")[0])
         return [t + "!" for t in texts]
 
     async def scenario():
@@ -781,6 +783,8 @@ def test_batcher_runs_a_lone_request_on_all_threads_and_a_queue_on_several_worke
     assert sorted(n for n, _, _ in queued) == [6, 6]
     assert {t for _, t, _ in queued} == {1} and max(m for _, _, m in queued) == 2
     assert solo == 2
+    # the solo batches have a thread of their own: no thread ever changes its thread count
+    assert names == ["agnews-serve-solo"] * 2 + ["agnews-serve-model"] * 2
 
 
 def test_single_request_is_served_correctly_when_threads_follow_the_load(

@@ -116,6 +116,13 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="agnews-serve-model"
         )
+        # a batch alone on all the threads runs in a thread of its own, so that no thread ever
+        # changes its thread count (torch clears oneDNN's primitive cache on every change)
+        self._solo_executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="agnews-serve-solo")
+            if self.threads.adaptive
+            else None
+        )
 
     @property
     def queued_texts(self) -> int:
@@ -142,6 +149,8 @@ class MicroBatcher:
         if self._task is not None:
             await self._task
         self._executor.shutdown(wait=True)
+        if self._solo_executor is not None:
+            self._solo_executor.shutdown(wait=True)
 
     async def submit(self, texts: Sequence[str]) -> list:
         """Results for ``texts`` (in order), computed in some batch; raises what ``fn`` raised for them."""
@@ -247,7 +256,9 @@ class MicroBatcher:
         t0 = time.perf_counter()
         self._running_texts += len(texts)
         try:
-            results = await loop.run_in_executor(self._executor, self._call, texts, threads)
+            solo = self.threads.is_solo(threads)
+            executor = self._solo_executor if solo else self._executor
+            results = await loop.run_in_executor(executor, self._call, texts, threads)
             if len(results) != len(texts):
                 raise RuntimeError(
                     f"batch function returned {len(results)} results for {len(texts)} texts"

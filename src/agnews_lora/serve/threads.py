@@ -9,9 +9,12 @@ shared out), the split that served the most texts/s at 32-64 clients.
 
 Why this is possible: ``torch.set_num_threads`` sets the OpenMP thread count of the *calling* OS
 thread (each Python thread that runs a forward pass has its own OpenMP team), so every worker thread
-sets its own count before each batch.  Measured with torch 2.13 (see docs/serving.md): a worker
-that sets 1 and a worker that sets 2 each report and use their own count while running at the same
-time; a thread that never set one starts from the value last set by any thread.
+sets its own count before its first batch.  Checked with torch 2.13 (see docs/serving.md): a thread
+that sets 1 and a thread that sets 2 each report and use their own count while running at the same
+time; a thread that never set one starts, at its first parallel operator or `get_num_threads`, from
+the value last set by any thread.  Every `set_num_threads` call also clears oneDNN's primitive cache
+(for all threads), so a batch that runs alone goes to a thread of its own that keeps ``total``
+threads, and the workers keep ``per_worker``: no thread ever changes its count after its first batch.
 
 Explicit ``--threads N`` turns the policy off: every batch runs on N threads.  Backends whose
 thread count cannot change per call (no setter) and GPUs use a fixed policy too.
@@ -77,7 +80,8 @@ def make_policy(
 
 
 def set_torch_threads(n: int) -> None:
-    """This OS thread's torch intra-op thread count (a no-op when it is already ``n``)."""
+    """This OS thread's torch intra-op thread count (a no-op when it is already ``n``; the
+    `get_num_threads` first, so that torch's lazy per-thread start-up cannot undo the setting)."""
     import torch
 
     if torch.get_num_threads() != n:
