@@ -1,11 +1,11 @@
 """The baseline of `serve_load.py`: the server a user would write in ten minutes.
 
-A transformers ``pipeline("text-classification")`` over the run's ``merged/`` model behind a FastAPI
-endpoint with a plain ``def`` route, so every request runs on its own in FastAPI's thread pool (up to
-40 at once, each one forward pass with torch's default threads). Same request and response shape as
-`agnews-lora serve`: ``POST /v1/classify`` with ``{"text": ...}`` or ``{"texts": [...]}`` ->
-``{"results": [{"label", "label_name", "probabilities", "truncated"}, ...]}``; plus ``GET /health``
-and, for the benchmark's bookkeeping only, ``GET /v1/info`` with request counters.
+A transformers ``pipeline("text-classification")`` over the run's ``merged/`` model behind a
+FastAPI endpoint with a plain ``def`` route, so every request runs on its own in FastAPI's thread
+pool (up to 40 at once, each one forward pass with torch's default threads). Same request and
+response shape as `agnews-lora serve`: ``POST /v1/classify`` with ``{"text": ...}`` or
+``{"texts": [...]}`` -> ``{"results": [{"label", "label_name", "probabilities", "truncated"}]}``;
+plus ``GET /health`` and, for the benchmark's bookkeeping only, ``GET /v1/info`` with counters.
 
     python benchmarks/pipeline_server.py runs/my-run --port 0     # prints its URL on stdout
 
@@ -37,8 +37,13 @@ def build_app(run_dir: str, dtype: str | None = None) -> FastAPI:
     cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
     max_length = int(cfg["model"]["max_length"])
     kwargs = {"dtype": dtype} if dtype else {}
-    clf = pipeline("text-classification", model=str(Path(run_dir) / "merged"), top_k=None,
-                   device="cpu", **kwargs)
+    clf = pipeline(
+        "text-classification",
+        model=str(Path(run_dir) / "merged"),
+        top_k=None,
+        device="cpu",
+        **kwargs,
+    )
     label2id = clf.model.config.label2id
     counters, lock = {"requests": 0, "texts": 0, "batches": 0}, threading.Lock()
     app = FastAPI()
@@ -52,10 +57,17 @@ def build_app(run_dir: str, dtype: str | None = None) -> FastAPI:
             counters["requests"] += 1
             counters["texts"] += len(texts)
             counters["batches"] += 1
-        return {"results": [
-            {"label": label2id[s[0]["label"]], "label_name": s[0]["label"],
-             "probabilities": {d["label"]: d["score"] for d in s}, "truncated": n > max_length}
-            for s, n in zip(scores, lengths)]}
+        return {
+            "results": [
+                {
+                    "label": label2id[s[0]["label"]],
+                    "label_name": s[0]["label"],
+                    "probabilities": {d["label"]: d["score"] for d in s},
+                    "truncated": n > max_length,
+                }
+                for s, n in zip(scores, lengths)
+            ]
+        }
 
     @app.get("/health")
     def health():
@@ -63,8 +75,11 @@ def build_app(run_dir: str, dtype: str | None = None) -> FastAPI:
 
     @app.get("/v1/info")
     def info():
-        return {"precision": str(clf.model.dtype).replace("torch.", ""),
-                "base_model": cfg["model"]["name_or_path"], "stats": dict(counters)}
+        return {
+            "precision": str(clf.model.dtype).replace("torch.", ""),
+            "base_model": cfg["model"]["name_or_path"],
+            "stats": dict(counters),
+        }
 
     return app
 

@@ -243,7 +243,8 @@ def main() -> int:
                 print(f"[{mode} {rep + 1}/{args.repeat}] {server.banner}", file=sys.stderr, flush=True)
                 info = asyncio.run(get_json(server.port, "/v1/info"))
                 servers[mode] = {"command": " ".join(["python", *server.cmd[1:]]), "banner": server.banner,
-                                 "precision": info.get("precision"), "base_model": info.get("base_model"),
+                                 "precision": info.get("precision"),
+                                 "base_model": info.get("base_model"),
                                  "serving": info.get("serving")}
                 asyncio.run(load_level(server.port, texts, min(8, max(args.concurrency)), args.warmup_requests,
                                        args.timeout))
@@ -279,7 +280,8 @@ def main() -> int:
             vs_baseline[o["concurrency"]] = r = {
                 "texts_per_s": round(o["texts_per_s"] / b["texts_per_s"], 2),
                 **{k: round(o[k] / b[k], 2) for k in ("p50_ms", "p95_ms", "p99_ms")}}
-            print(f"  c={o['concurrency']:<3} texts/s {r['texts_per_s']:.2f}x  p50 {r['p50_ms']:.2f}x  "
+            print(f"  c={o['concurrency']:<3} texts/s {r['texts_per_s']:.2f}x  "
+                  f"p50 {r['p50_ms']:.2f}x  "
                   f"p95 {r['p95_ms']:.2f}x  p99 {r['p99_ms']:.2f}x")
     profile = None
     if args.compute_profile:

@@ -27,9 +27,9 @@ def default_workers(device_type: str, cpus: int | None = None) -> int:
 
 
 def default_threads(torch_threads: int, workers: int) -> int:
-    """torch intra-op threads per worker under load: one core is left to the event loop (HTTP parsing, JSON),
-    whose preemption would otherwise stall every parallel op; the rest are shared out among the
-    workers."""
+    """torch intra-op threads per worker under load: one core is left to the event loop (HTTP
+    parsing, JSON), whose preemption would otherwise stall every parallel op; the rest are shared
+    out among the workers."""
     return max(1, (torch_threads - 1) // workers)
 
 

@@ -14,7 +14,7 @@ that sets 1 and a thread that sets 2 each report and use their own count while r
 time; a thread that never set one starts, at its first parallel operator or `get_num_threads`, from
 the value last set by any thread.  Every `set_num_threads` call also clears oneDNN's primitive cache
 (for all threads), so a batch that runs alone goes to a thread of its own that keeps ``total``
-threads, and the workers keep ``per_worker``: no thread ever changes its count after its first batch.
+threads, and the workers keep ``per_worker``: no thread changes its count after its first batch.
 
 Explicit ``--threads N`` turns the policy off: every batch runs on N threads.  Backends whose
 thread count cannot change per call (no setter) and GPUs use a fixed policy too.
