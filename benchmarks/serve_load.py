@@ -1,13 +1,15 @@
-"""Bounded HTTP load against `agnews-lora serve`: micro-batching vs. one request per forward pass.
+"""Bounded HTTP load against `agnews-lora serve`, side by side with a plain pipeline server.
 
-For each server mode (micro-batched, unbatched) the script starts `python -m agnews_lora serve RUN_DIR`
-on a free loopback port, waits for /health, and then, for each concurrency level C, lets C clients
-(keep-alive connections, one text per request) send a fixed number of requests in a closed loop.
-It reports requests/s, texts/s, p50/p95/p99 latency and the mean texts per forward pass, then
-stops the server with SIGTERM.  Nothing leaves the machine; the run stops by itself.
+For each server mode the script starts a server on a free loopback port, waits for /health, and
+then, for each concurrency level C, lets C clients (keep-alive connections, one text per request)
+send a fixed number of requests in a closed loop.  Modes: `batched` (`agnews-lora serve RUN_DIR`,
+ours), `pipeline` (the baseline: `benchmarks/pipeline_server.py`, a transformers pipeline behind a
+plain FastAPI `def` route, what a user would write in ten minutes; same model, same request shape)
+and `unbatched` (ours with `--no-batching`).  It reports requests/s, texts/s, p50/p95/p99 latency
+and the mean texts per forward pass, the ratios ours / pipeline, then stops each server with
+SIGTERM.  Nothing leaves the machine; the run stops by itself.
 
-    python benchmarks/serve_load.py /tmp/serve-bench-runs/minilm --concurrency 1 8 32 --requests 640 \\
-        --repeat 2 --json bench-results/serve_load.json
+    python benchmarks/serve_load.py runs/minilm --repeat 2 --json bench-results/serve_load.json
 
 Client and server share the CPU; the client is plain asyncio sockets to keep its own cost small.
 """
@@ -48,10 +50,14 @@ def load_texts(path: str | None, n: int, seed: int) -> tuple[list[str], str]:
 
 
 class Server:
-    """`agnews-lora serve` in a subprocess on port 0; always stopped in `stop()`."""
+    """A server (`agnews-lora serve`, or the pipeline baseline) in a subprocess on port 0;
+    always stopped in `stop()`."""
 
-    def __init__(self, run_dir: str, extra: list[str], timeout: float = 300.0):
-        self.cmd = [sys.executable, "-m", "agnews_lora", "serve", run_dir, "--port", "0", *extra]
+    def __init__(self, run_dir: str, extra: list[str], timeout: float = 300.0,
+                 baseline: bool = False):
+        head = [str(ROOT / "benchmarks" / "pipeline_server.py")] if baseline else [
+            "-m", "agnews_lora", "serve"]
+        self.cmd = [sys.executable, *head, run_dir, "--port", "0", *extra]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.err = tempfile.TemporaryFile("w+")  # not a pipe: a chatty server must never block on it
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self.err, text=True, env=env)
@@ -199,13 +205,18 @@ def _cpu_name() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", help="a finished run (e.g. a MiniLM run trained on AG News)")
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--requests", type=int, default=640, help="requests per concurrency level")
     ap.add_argument("--warmup-requests", type=int, default=64)
-    ap.add_argument("--modes", nargs="+", choices=["batched", "unbatched"], default=["batched", "unbatched"])
+    ap.add_argument("--modes", nargs="+", choices=["batched", "pipeline", "unbatched"],
+                    default=["batched", "pipeline"],
+                    help="batched: ours; pipeline: the plain pipeline server (the baseline); "
+                         "unbatched: ours with --no-batching")
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--server-args", default="", help="extra `serve` options, e.g. '--threads 2'")
+    ap.add_argument("--baseline-args", default="",
+                    help="extra pipeline_server.py options, e.g. '--dtype bfloat16'")
     ap.add_argument("--texts", help="CSV with a text column (default: ../shared/data/agnews/train.csv if present)")
     ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds over all modes (results are pooled)")
@@ -225,12 +236,15 @@ def main() -> int:
             extra = ["--max-batch-size", str(args.max_batch_size), "--max-texts", "1",
                      "--max-queue-texts", str(max(4096, 2 * max(args.concurrency)))] + args.server_args.split()
             extra += ["--no-batching"] if mode == "unbatched" else ["--max-wait-ms", str(args.max_wait_ms)]
-            server = Server(args.run_dir, extra)
+            if mode == "pipeline":
+                extra = args.baseline_args.split()
+            server = Server(args.run_dir, extra, baseline=mode == "pipeline")
             try:
                 print(f"[{mode} {rep + 1}/{args.repeat}] {server.banner}", file=sys.stderr, flush=True)
                 info = asyncio.run(get_json(server.port, "/v1/info"))
                 servers[mode] = {"command": " ".join(["python", *server.cmd[1:]]), "banner": server.banner,
-                                 "precision": info["precision"], "base_model": info["base_model"],
+                                 "precision": info.get("precision"),
+                                 "base_model": info.get("base_model"),
                                  "serving": info.get("serving")}
                 asyncio.run(load_level(server.port, texts, min(8, max(args.concurrency)), args.warmup_requests,
                                        args.timeout))
@@ -259,6 +273,16 @@ def main() -> int:
             speedup[b["concurrency"]] = round(b["texts_per_s"] / u["texts_per_s"], 2)
         print("\nspeedup of micro-batching (texts/s):",
               "  ".join(f"c={c}: {s:.2f}x" for c, s in speedup.items()))
+    vs_baseline = {}
+    if "batched" in results and "pipeline" in results:
+        print("\nours / pipeline server:")
+        for o, b in zip(results["batched"], results["pipeline"]):
+            vs_baseline[o["concurrency"]] = r = {
+                "texts_per_s": round(o["texts_per_s"] / b["texts_per_s"], 2),
+                **{k: round(o[k] / b[k], 2) for k in ("p50_ms", "p95_ms", "p99_ms")}}
+            print(f"  c={o['concurrency']:<3} texts/s {r['texts_per_s']:.2f}x  "
+                  f"p50 {r['p50_ms']:.2f}x  "
+                  f"p95 {r['p95_ms']:.2f}x  p99 {r['p99_ms']:.2f}x")
     profile = None
     if args.compute_profile:
         given = dict(zip(args.server_args.split(), args.server_args.split()[1:]))
@@ -273,7 +297,8 @@ def main() -> int:
     if args.json:
         import torch
 
-        out = {"results": results, "speedup_texts_per_s": speedup, "servers": servers, "compute_profile": profile,
+        out = {"results": results, "speedup_texts_per_s": speedup, "ours_vs_pipeline": vs_baseline,
+               "servers": servers, "compute_profile": profile,
                "settings": {k: v for k, v in vars(args).items() if k != "json"}, "texts_source": source,
                "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(),
                            "python": platform.python_version(), "torch": torch.__version__,

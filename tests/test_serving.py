@@ -692,7 +692,7 @@ def test_a_bug_in_a_batch_task_fails_its_callers_instead_of_leaving_them_waiting
         )
         real = b._run_batch
 
-        async def broken(batch):
+        async def broken(batch, threads=1):
             raise KeyError("bug")
 
         b._run_batch = broken
@@ -708,3 +708,98 @@ def test_a_bug_in_a_batch_task_fails_its_callers_instead_of_leaving_them_waiting
         return b.stats.failed_requests
 
     assert asyncio.run(scenario()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# threads follow the load
+
+
+def test_thread_policy_gives_a_lone_batch_all_threads_and_shares_them_under_load():
+    from agnews_lora.serve.threads import make_policy
+
+    p = make_policy("cpu", cores=2)  # this machine's defaults: 2 workers, 1 thread each under load
+    assert (p.total, p.workers, p.per_worker, p.adaptive) == (2, 2, 1, True)
+    assert p.threads_for(running=0, queued_after=0) == 2 and p.is_solo(2)  # alone: all threads
+    assert p.threads_for(running=0, queued_after=5) == 1  # a queue behind it: share the cores
+    assert p.threads_for(running=1, queued_after=0) == 1 and not p.is_solo(1)
+    big = make_policy("cpu", cores=16)
+    assert (big.total, big.workers, big.per_worker) == (16, 2, 7)
+    assert big.threads_for(0, 0) == 16 and big.threads_for(0, 32) == 7
+    fixed = make_policy("cpu", cores=16, workers=3, threads=4)  # --threads: an explicit override
+    assert not fixed.adaptive and fixed.threads_for(0, 0) == 4 and fixed.workers == 3
+    assert make_policy("cpu", cores=2, workers=1).threads_for(0, 0) == 2  # --workers alone
+    assert not make_policy("cpu", cores=1).adaptive  # nothing to share out
+    assert not make_policy("cpu", cores=8, can_set_threads=False).adaptive  # e.g. ONNX Runtime
+    assert not make_policy("cuda", cores=8).adaptive
+    assert "alone 2 threads" in p.describe() and fixed.describe() == "3 workers x 4 threads"
+
+
+def test_batcher_runs_a_lone_request_on_all_threads_and_a_queue_on_several_workers():
+    """The thread count is set in the worker thread that runs the batch: a request alone gets
+    all threads and nothing else starts beside it; a queue is shared out among the workers."""
+    import asyncio
+
+    from agnews_lora.serve.batcher import MicroBatcher
+    from agnews_lora.serve.threads import make_policy
+
+    local, lock, log, running, most = threading.local(), threading.Lock(), [], [0], [0]
+    names = []
+
+    def set_threads(n):
+        local.threads = n
+
+    def fn(texts):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2 if texts[0] == "slow" else 0.01)
+        with lock:
+            running[0] -= 1
+            log.append((len(texts), local.threads, most[0]))
+            names.append(threading.current_thread().name.split("_")[0])
+        return [t + "!" for t in texts]
+
+    async def scenario():
+        b = MicroBatcher(fn, 32, 20, workers=2, threads=make_policy("cpu", 2),
+                         set_threads=set_threads)
+        b.start()
+        assert await b.submit(["a"]) == ["a!"]  # alone: one batch, all (2) threads
+        lone = list(log)
+        most[0] = 0
+        first = asyncio.ensure_future(b.submit(["slow"]))  # alone too: it has the cores
+        await asyncio.sleep(0.05)
+        jobs = [asyncio.ensure_future(b.submit([str(i)])) for i in range(12)]
+        await asyncio.sleep(0.01)
+        assert b.stats_dict()["running_texts"] == 1  # nothing started beside the solo batch
+        out = await asyncio.gather(first, *jobs)
+        await b.stop()
+        return lone, out, b.stats.solo_batches
+
+    lone, out, solo = asyncio.run(scenario())
+    assert lone == [(1, 2, 1)]
+    assert out == [["slow!"]] + [[f"{i}!"] for i in range(12)]
+    assert log[1] == (1, 2, 1)  # the slow one ran alone on 2 threads
+    queued = log[2:]  # the 12 queued behind it: two batches of 6 side by side, one thread each
+    assert sorted(n for n, _, _ in queued) == [6, 6]
+    assert {t for _, t, _ in queued} == {1} and max(m for _, _, m in queued) == 2
+    assert solo == 2
+    # the solo batches have a thread of their own: no thread ever changes its thread count
+    assert names == ["agnews-serve-solo"] * 2 + ["agnews-serve-model"] * 2
+
+
+def test_single_request_is_served_correctly_when_threads_follow_the_load(
+    trained_run, tmp_path, predictor, texts
+):
+    srv = ServerProcess(trained_run, tmp_path, "--threads", "0", "--workers", "2").ready()
+    try:
+        threads = HTTP.get(f"{srv.url}/v1/info").json()["serving"]["threads"]
+        cores = threads["total"]
+        assert threads["adaptive"] is (cores > 1) and threads["workers"] == 2
+        for t in texts[:3]:  # one client: every request runs alone, on all the threads
+            r = classify(srv.url, {"text": t})
+            assert r.status_code == 200, r.text
+            assert_matches_predictor(r.json()["results"], [t], predictor)
+        s = stats(srv.url)
+        assert s["batches"] == 3 and s["solo_batches"] == (3 if cores > 1 else 0)
+    finally:
+        srv.stop()

@@ -391,8 +391,9 @@ def _add_serve(s: argparse.ArgumentParser) -> None:
                    help="micro-batches that may run at the same time, each in its own thread "
                         "(default 0 = auto: 2 on a CPU with 2+ cores, 1 on a GPU)")
     s.add_argument("--threads", type=int,
-                   help="torch intra-op threads per worker (default: torch's choice minus one, "
-                        "leaving a core for HTTP, shared out among the workers)")
+                   help="torch intra-op threads of every batch, fixed (default 0: threads follow "
+                        "the load: a batch that runs alone gets all of torch's threads; under "
+                        "load each worker gets torch's choice minus one, shared out)")
     s.add_argument("--read-timeout", type=float, default=d.read_timeout_s,
                    help="seconds a client may take to send a whole request (headers and body) "
                         "before it gets 408 and is disconnected (default %(default)s)")

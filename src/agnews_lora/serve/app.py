@@ -25,7 +25,7 @@ from .. import __version__
 from .batcher import MicroBatcher, Overloaded, ShuttingDown
 from .demo import DEMO_HTML
 from .metrics import RequestMetricsMiddleware, ServeMetrics
-from .model import default_workers
+from .threads import ThreadPolicy, make_policy, thread_setter
 
 log = logging.getLogger(__name__)
 
@@ -246,15 +246,28 @@ def public_model_name(name_or_path: str | None) -> str | None:
     )
 
 
-def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path = ""):
-    """The FastAPI application around a loaded (and warmed-up) ``Predictor``."""
+def create_app(
+    predictor,
+    batch_fn,
+    options: ServeOptions,
+    run_dir: str | Path = "",
+    threads: ThreadPolicy | None = None,
+):
+    """The FastAPI application around a loaded (and warmed-up) ``Predictor``.
+
+    ``threads``: each batch's thread count (default `serve.threads.make_policy`: threads follow
+    the load, all of torch's threads for a batch that runs alone)."""
+    import torch
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    options = replace(
-        options, workers=options.workers or default_workers(predictor.device.type)
-    )  # 0 = auto
+    setter = thread_setter(predictor)
+    if threads is None:
+        threads = make_policy(
+            predictor.device.type, torch.get_num_threads(), options.workers, None, bool(setter)
+        )
+    options = replace(options, workers=threads.workers)  # 0 = auto
     batcher = MicroBatcher(
         batch_fn,
         options.max_batch_size,
@@ -262,6 +275,8 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
         options.max_queue_texts,
         options.batching,
         options.workers,
+        threads=threads,
+        set_threads=setter,
     )
     summary = getattr(predictor, "summary", {}) or {}
     metrics = ServeMetrics(
@@ -390,7 +405,7 @@ def create_app(predictor, batch_fn, options: ServeOptions, run_dir: str | Path =
         "quantized": bool(getattr(predictor, "quantized", False)),
         "device": str(predictor.device),
         "training_precision": summary.get("precision"),
-        "serving": asdict(options),
+        "serving": {**asdict(options), "threads": threads.to_dict()},
     }
 
     @app.get(

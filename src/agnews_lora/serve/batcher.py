@@ -8,6 +8,8 @@ dedicated threads, so the event loop never waits on the model.  While batches ru
 queue up and form the next batch.  With several workers, the queued texts are shared out among the
 idle workers (32 queued texts and 2 idle workers: two batches of 16 that run at the same time), so
 that a CPU's cores each run a forward pass instead of one pass waiting for the next.
+A `ThreadPolicy` (``serve.threads``) decides each batch's torch thread count when it starts: a batch
+that starts alone, with nothing else queued, gets all the threads and the cores to itself.
 
 A batch that raises is retried request by request, so an exception fails only the request(s)
 that cause it; the dispatcher itself never dies.
@@ -23,6 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
+
+from .threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ class BatcherStats:
     rejected_overload: int = 0
     largest_batch_texts: int = 0
     largest_batch_requests: int = 0
+    solo_batches: int = 0  # batches that ran alone on all the threads
     busy_seconds: float = 0.0
     _started: float = field(default_factory=time.monotonic, repr=False)
 
@@ -70,6 +75,8 @@ class MicroBatcher:
     ``batching=False`` sends every request through ``fn`` on its own (the unbatched baseline).
     ``workers``: how many batches may run at once (``fn`` must then be thread-safe).
     ``on_batch(texts, requests, seconds, ok)`` is called on the event loop after every batch.
+    ``threads``: the thread count of each batch (default: one, fixed); ``set_threads(n)`` is
+    called in the worker thread before each batch (e.g. `serve.threads.set_torch_threads`).
     Must be started (``start()``) and used from a single running event loop.
     """
 
@@ -82,6 +89,8 @@ class MicroBatcher:
         batching: bool = True,
         workers: int = 1,
         on_batch: Callable[[int, int, float, bool], None] | None = None,
+        threads: ThreadPolicy | None = None,
+        set_threads: Callable[[int], None] | None = None,
     ):
         if max_batch_size < 1 or workers < 1:
             raise ValueError("max_batch_size and workers must be >= 1")
@@ -102,10 +111,20 @@ class MicroBatcher:
             1  # a lone request after a lone request is not held back for company
         )
         self.workers = workers
+        self.threads = threads or ThreadPolicy(1, workers, 1, adaptive=False)
+        self.set_threads = set_threads
         self._idle_workers = workers
+        self._solo_running = False  # a batch with all the threads runs: nothing else starts
         self._in_flight: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="agnews-serve-model"
+        )
+        # a batch alone on all the threads runs in a thread of its own, so that no thread ever
+        # changes its thread count (torch clears oneDNN's primitive cache on every change)
+        self._solo_executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="agnews-serve-solo")
+            if self.threads.adaptive
+            else None
         )
 
     @property
@@ -137,6 +156,8 @@ class MicroBatcher:
         if self._task is not None:
             await self._task
         self._executor.shutdown(wait=True)
+        if self._solo_executor is not None:
+            self._solo_executor.shutdown(wait=True)
 
     async def submit(self, texts: Sequence[str]) -> list:
         """Results for ``texts`` (in order), computed in some batch; raises what ``fn`` raised for them."""
@@ -180,7 +201,7 @@ class MicroBatcher:
     async def _dispatch_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._queue or not self._idle_workers:
+            while not self._queue or not self._idle_workers or self._solo_running:
                 if self._stopping and not self._queue:
                     if self._in_flight:
                         await asyncio.gather(*self._in_flight, return_exceptions=True)
@@ -206,14 +227,20 @@ class MicroBatcher:
             batch = self._take_batch()
             if batch:
                 self._last_batch_requests = len(batch)
+                threads = self.threads.threads_for(len(self._in_flight), self._queued_texts)
+                solo = self.threads.is_solo(threads)
+                self._solo_running = solo
+                self.stats.solo_batches += solo
                 self._idle_workers -= 1
-                task = loop.create_task(self._run_batch(batch))
+                task = loop.create_task(self._run_batch(batch, threads))
                 self._in_flight.add(task)
-                task.add_done_callback(functools.partial(self._batch_done, batch))
+                task.add_done_callback(functools.partial(self._batch_done, batch, solo))
 
-    def _batch_done(self, batch: list[_Job], task: asyncio.Task) -> None:
+    def _batch_done(self, batch: list[_Job], solo: bool, task: asyncio.Task) -> None:
         self._in_flight.discard(task)
         self._idle_workers += 1
+        if solo:
+            self._solo_running = False
         exc = None if task.cancelled() else task.exception()
         if (
             exc is not None
@@ -224,13 +251,21 @@ class MicroBatcher:
                     self._fail(job, exc)
         self._wakeup.set()
 
-    async def _run_batch(self, batch: list[_Job]) -> None:
+    def _call(self, texts: list[str], threads: int) -> list:
+        """In a worker thread: this thread's thread count for the batch, then the batch."""
+        if self.set_threads is not None:
+            self.set_threads(threads)
+        return self.fn(texts)
+
+    async def _run_batch(self, batch: list[_Job], threads: int = 1) -> None:
         loop = asyncio.get_running_loop()
         texts = [t for job in batch for t in job.texts]
         t0 = time.perf_counter()
         self._running_texts += len(texts)
         try:
-            results = await loop.run_in_executor(self._executor, self.fn, texts)
+            solo = self.threads.is_solo(threads)
+            executor = self._solo_executor if solo else self._executor
+            results = await loop.run_in_executor(executor, self._call, texts, threads)
             if len(results) != len(texts):
                 raise RuntimeError(
                     f"batch function returned {len(results)} results for {len(texts)} texts"
@@ -257,7 +292,7 @@ class MicroBatcher:
                 exc,
             )
             for job in batch:
-                await self._run_batch([job])
+                await self._run_batch([job], threads)
             return
         self._running_texts -= len(texts)
         self.stats.busy_seconds += time.perf_counter() - t0

@@ -14,7 +14,8 @@ from typing import Callable
 
 
 def default_workers(device_type: str, cpus: int | None = None) -> int:
-    """Micro-batches that run at once: 2 on a CPU with 2+ cores, else 1.
+    """Micro-batches that run at once under load: 2 on a CPU with 2+ cores, else 1 (a batch
+    that runs alone gets all the threads: `serve.threads`).
 
     On the 2-core CPU of docs/performance.md two single-threaded workers served 1.35x the texts/s
     of one with 32 clients: one worker keeps one core busy, and the event loop leaves most of the
@@ -26,9 +27,9 @@ def default_workers(device_type: str, cpus: int | None = None) -> int:
 
 
 def default_threads(torch_threads: int, workers: int) -> int:
-    """torch intra-op threads per worker: one core is left to the event loop (HTTP parsing, JSON),
-    whose preemption would otherwise stall every parallel op; the rest are shared out among the
-    workers."""
+    """torch intra-op threads per worker under load: one core is left to the event loop (HTTP
+    parsing, JSON), whose preemption would otherwise stall every parallel op; the rest are shared
+    out among the workers."""
     return max(1, (torch_threads - 1) // workers)
 
 

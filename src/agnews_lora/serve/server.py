@@ -20,6 +20,7 @@ import socket
 from ..errors import UserError
 from .app import ServeOptions
 from .model import default_threads, default_workers, make_batch_fn, warm_up
+from .threads import make_policy, thread_setter
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ def check_options(options: ServeOptions, port: int, threads: int | None) -> Serv
         raise UserError("--read-timeout must be more than 0 and at most 3600 seconds")
     if not 0 <= port <= 65535:
         raise UserError(f"--port {port} is not a TCP port (0-65535)")
-    if threads is not None and threads < 1:
-        raise UserError("--threads must be at least 1")
+    if threads is not None and threads < 0:
+        raise UserError("--threads must be at least 1 (or 0 for threads that follow the load)")
     if options.workers < 0:
         raise UserError("--workers must be at least 1 (or 0 for the automatic choice)")
     options.max_queue_texts = max(options.max_queue_texts, options.max_texts)
@@ -170,14 +171,17 @@ def serve(
         backend=backend,
         threads=runtime_threads,
     )
-    options.workers = options.workers or default_workers(predictor.device.type)
-    torch.set_num_threads(threads or default_threads(torch.get_num_threads(), options.workers))
+    setter = thread_setter(predictor)
+    policy = make_policy(
+        predictor.device.type, torch.get_num_threads(), options.workers, threads, bool(setter)
+    )
+    options.workers = policy.workers
+    torch.set_num_threads(policy.total)  # the warm-up; each worker sets its own per batch
     batch_fn = make_batch_fn(predictor)
     seconds = warm_up(batch_fn, predictor, options.max_batch_size)
-    app = create_app(predictor, batch_fn, options, run_dir)
+    app = create_app(predictor, batch_fn, options, run_dir, policy)
     sock = bind(host, port)
     host, port = sock.getsockname()[:2]
-    n_threads, workers = torch.get_num_threads(), options.workers
     shown = f"[{host}]" if ":" in host else host
     batching = (
         f"micro-batching up to {options.max_batch_size} texts, {options.max_wait_ms:g} ms wait"
@@ -188,8 +192,7 @@ def serve(
         f"serving {run_dir} on http://{shown}:{port}  ("
         f"{'' if backend == 'torch' else backend + ' '}{predictor.precision}"
         f"{', int8' if quantize else ''} on {predictor.device}, "
-        f"{workers} worker{'s' * (workers > 1)}"
-        f" x {n_threads} thread{'s' * (n_threads > 1)}; {batching}; warm-up {seconds:.2f} s)"
+        f"{policy.describe()}; {batching}; warm-up {seconds:.2f} s)"
         f"  docs: http://{shown}:{port}/docs",
         flush=True,
     )
