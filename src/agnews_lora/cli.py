@@ -398,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
         return int(e.code or 0)
     _setup_logging(args.verbose)
+    from .model_card import record_command  # the command line shown in model cards
+
+    record_command(sys.argv[1:] if argv is None else list(argv))
 
     try:
         return int(args.func(args) or 0)
