@@ -65,8 +65,8 @@ def _test_source(cfg: Config, test: dict | None = None) -> str:
     if d.test_file:
         return f"the test file `{Path(d.test_file).name}`"
     if d.train_file and d.test_size:
-        return (f"{d.test_size:g} rows held out from `{Path(d.train_file).name}` before the "
-                f"validation split (never used for training or selection)")
+        part = f"{d.test_size:.0%} of" if d.test_size < 1 else f"{d.test_size:,.0f} rows of"
+        return f"{part} `{Path(d.train_file).name}` held out, never used for training or selection"
     return f"the official test split of `{d.dataset}`"
 
 
