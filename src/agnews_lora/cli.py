@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_push(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("run_dir", help="a finished run directory")
-    sp.add_argument("--repo-id", required=True, help="Hub repo: NAME or USER/NAME (created if missing)")
+    sp.add_argument("--repo-id", required=True,
+                    help="Hub repo: NAME or USER/NAME (created if missing)")
     what = sp.add_mutually_exclusive_group()
     what.add_argument("--merged", dest="kind", action="store_const", const="merged",
                       help="push merged/: a plain transformers model (default)")

@@ -149,6 +149,11 @@ def render_card(kind: str, cfg: Config, summary: dict, test: dict | None = None)
     else:
         rows.append(f"| held-out test: {_test_source(cfg)} | not measured yet: run "
                     "`agnews-lora evaluate RUN_DIR` | | |")
+    lora = f"r={cfg.lora.r}, alpha={cfg.lora.alpha:g}, on {', '.join(cfg.lora.target_modules)}"
+    budget = (f"**{_fmt(p['trainable'])}** of a budget of {_fmt(b['max_trainable_params'])} "
+              f"({100 * b['fraction']:.1f} % used)")
+    t = summary.get("timings", {})
+    versions = ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items())
     command = summary.get("command") or (
         "(trained from Python; `agnews-lora train --config config.yaml` with the config below "
         "reproduces it)"
@@ -171,10 +176,10 @@ A LoRA fine-tune of `{base}`{origin} for news-topic classification into {len(lab
 
 | part | parameters |
 |---|---|
-| LoRA (r={cfg.lora.r}, alpha={cfg.lora.alpha:g}, on {", ".join(cfg.lora.target_modules)}) | {_fmt(p['lora'])} |
+| LoRA ({lora}) | {_fmt(p['lora'])} |
 | classifier head (`lora.head={cfg.lora.head}`) | {_fmt(p['head'])} |
 | other | {_fmt(p.get('other', 0))} |
-| **trainable** | **{_fmt(p['trainable'])}** of a budget of {_fmt(b['max_trainable_params'])} ({100 * b['fraction']:.1f} % used) |
+| **trainable** | {budget} |
 | all parameters of the model | {_fmt(p['total'])} |
 
 ## How to use
@@ -192,9 +197,10 @@ label = model.config.id2label[model(**batch).logits.argmax(-1).item()]
 
 - command: `{command}`
 - {summary.get('steps')} optimizer steps ({summary.get('epochs')} epochs) of global batch
-  {summary.get('global_batch_size')} on {summary.get('world_size')} process(es), {summary.get('device')},
-  precision {summary.get('precision')}, {summary.get('timings', {}).get('train_seconds')} s of training
-- library versions: {", ".join(f"{k} {v}" for k, v in summary.get('versions', {}).items())}
+  {summary.get('global_batch_size')} on {summary.get('world_size')} process(es),
+  {summary.get('device')}, precision {summary.get('precision')},
+  {t.get('train_seconds')} s of training
+- library versions: {versions}
 
 The resolved config:
 

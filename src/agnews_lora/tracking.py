@@ -71,7 +71,7 @@ def check_trackers(names: list[str]) -> list[str]:
 
 
 def accelerator_kwargs(names: list[str], run_dir: Path) -> dict:
-    """``log_with`` / ``project_dir`` for the `Accelerator` (nothing when no tracker is asked for)."""
+    """``log_with`` / ``project_dir`` for the `Accelerator` (nothing without trackers)."""
     if not names:
         return {}
     from accelerate.tracking import TensorBoardTracker
@@ -141,7 +141,7 @@ class Tracking:
         self.config = flat_config(cfg.to_dict())
         self.started = False
 
-    def start(self) -> "Tracking":
+    def start(self) -> Tracking:
         if self.names and self.acc.is_main_process and not self.started:
             uri = mlflow_uri(self.run_dir) if "mlflow" in self.names else None
             if uri is not None:
