@@ -45,6 +45,22 @@ def test_finished_run_has_both_cards(run_copy):
         assert "trained from Python" in card.text
 
 
+def test_how_to_use_code_runs_and_agrees_with_the_run(run_copy):
+    import torch
+
+    from agnews_lora.prediction import Predictor
+
+    text = "Stocks rally as oil prices fall"
+    want = Predictor.from_run(run_copy, precision="fp32").label_names[
+        int(Predictor.from_run(run_copy, precision="fp32").predict([text])[0])]
+    for kind in ("adapter", "merged"):
+        code = ModelCard.load(run_copy / kind / "README.md").text.split("```python\n")[1]
+        scope = {"REPO_OR_FOLDER": str(run_copy / kind)}
+        with torch.no_grad():
+            exec(code.split("```")[0], scope)  # the card's own snippet, as a user runs it
+        assert scope["label"] == want, kind
+
+
 def test_evaluate_puts_the_test_metrics_into_the_cards(run_copy, capsys):
     assert cli.main(["evaluate", str(run_copy)]) == 0
     m = json.loads((run_copy / "eval" / "test" / "metrics.json").read_text())

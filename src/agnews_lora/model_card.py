@@ -127,12 +127,17 @@ def render_card(kind: str, cfg: Config, summary: dict, test: dict | None = None)
         else "the **merged model**: the LoRA update merged into the base weights, a plain "
         "transformers model (no PEFT needed), saved in fp32"
     )
+    id2label = dict(enumerate(labels))
     load = (
-        "from peft import AutoPeftModelForSequenceClassification\n"
-        "model = AutoPeftModelForSequenceClassification.from_pretrained(REPO_OR_FOLDER)"
+        "from peft import PeftModel\n"
+        "from transformers import AutoModelForSequenceClassification\n"
+        f"base = AutoModelForSequenceClassification.from_pretrained(\n"
+        f"    {data.base_model or base!r}, num_labels={len(labels)}, id2label={id2label!r},\n"
+        f"    label2id={ {v: k for k, v in id2label.items()}!r})\n"
+        "model = PeftModel.from_pretrained(base, REPO_OR_FOLDER).eval()"
         if kind == "adapter"
         else "from transformers import AutoModelForSequenceClassification\n"
-        "model = AutoModelForSequenceClassification.from_pretrained(REPO_OR_FOLDER)"
+        "model = AutoModelForSequenceClassification.from_pretrained(REPO_OR_FOLDER).eval()"
     )
     val_rows = summary.get("validation_rows")
     rows = [
@@ -154,9 +159,11 @@ def render_card(kind: str, cfg: Config, summary: dict, test: dict | None = None)
               f"({100 * b['fraction']:.1f} % used)")
     t = summary.get("timings", {})
     versions = ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items())
-    command = summary.get("command") or (
-        "(trained from Python; `agnews-lora train --config config.yaml` with the config below "
-        "reproduces it)"
+    command = (
+        f"`{summary['command']}`"
+        if summary.get("command")
+        else "trained from Python; `agnews-lora train --config config.yaml` with the config below "
+        "reproduces it"
     )
     origin = f" (Hub: `{data.base_model}`)" if data.base_model and data.base_model != base else ""
     body = f"""
@@ -195,7 +202,7 @@ label = model.config.id2label[model(**batch).logits.argmax(-1).item()]
 
 ## Training
 
-- command: `{command}`
+- command: {command}
 - {summary.get('steps')} optimizer steps ({summary.get('epochs')} epochs) of global batch
   {summary.get('global_batch_size')} on {summary.get('world_size')} process(es),
   {summary.get('device')}, precision {summary.get('precision')},
