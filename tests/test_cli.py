@@ -34,7 +34,8 @@ def test_train_evaluate_predict_end_to_end(tiny_model_dir, data_dir, tmp_path, c
     expected = {"config.yaml", "metrics.jsonl", "summary.json", "plots/loss_curves.png", "plots/accuracy_curve.png",
                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer.json",
                 "adapter/tokenizer_config.json", "adapter/README.md", "merged/config.json", "merged/model.safetensors",
-                "merged/tokenizer.json", "merged/tokenizer_config.json", "report.html"}
+                "merged/tokenizer.json", "merged/tokenizer_config.json", "report.html",
+                "merged/README.md"}
     assert files == expected, files ^ expected
 
     summary = json.loads((run / "summary.json").read_text())

@@ -283,7 +283,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune(command("tune", "budget-aware hyperparameter search on Optuna (shared study)"))
     _add_export(command("export", "export a finished run to ONNX Runtime or OpenVINO (optionally "
                         "int8), checked against PyTorch; RUN_DIR/export/<format>[-int8]/"))
+    _add_push(command("push", "upload a finished run's merged/ (or adapter/) model and its model "
+                      "card to the Hugging Face Hub"))
     return p
+
+
+def _add_push(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("run_dir", help="a finished run directory")
+    sp.add_argument("--repo-id", required=True,
+                    help="Hub repo: NAME or USER/NAME (created if missing)")
+    what = sp.add_mutually_exclusive_group()
+    what.add_argument("--merged", dest="kind", action="store_const", const="merged",
+                      help="push merged/: a plain transformers model (default)")
+    what.add_argument("--adapter", dest="kind", action="store_const", const="adapter",
+                      help="push adapter/: the PEFT adapter (LoRA + head) for the base model")
+    sp.add_argument("--private", action="store_true", help="create the repo private")
+    sp.set_defaults(func=cmd_push, kind="merged")
+
+
+def cmd_push(args) -> int:
+    from .hub import push_run
+
+    url = push_run(args.run_dir, args.repo_id, args.kind, args.private)
+    _out(f"pushed         {args.run_dir}/{args.kind}/ (model card README.md included) -> {url}")
+    return 0
 
 
 BACKEND_CHOICES = "{torch,onnx,openvino}"  # runtimes.BACKENDS; not imported: keeps --help fast
@@ -417,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
         return int(e.code or 0)
     _setup_logging(args.verbose)
+    from .model_card import record_command  # the command line shown in model cards
+
+    record_command(sys.argv[1:] if argv is None else list(argv))
 
     try:
         return int(args.func(args) or 0)

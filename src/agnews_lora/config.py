@@ -187,6 +187,13 @@ class TrainConfig:
     keep_checkpoints: int = _f(
         2, "Keep the newest K periodic checkpoints (the best one is kept as well).", min=1
     )
+    report_to: list[str] = _f(
+        [],
+        "Experiment trackers (Accelerate's) that get the resolved config and every metrics.jsonl "
+        "record, main process only: tensorboard (RUN_DIR/tensorboard/), wandb (offline unless "
+        "WANDB_MODE or WANDB_API_KEY is set), mlflow (RUN_DIR/mlflow.db unless "
+        "MLFLOW_TRACKING_URI is set), comet_ml, aim, clearml, dvclive, swanlab, trackio.",
+    )
 
 
 @dataclass

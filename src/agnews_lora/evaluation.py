@@ -89,7 +89,7 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     check_backend(backend)
-    cfg, _ = load_finished_run(run_dir)
+    cfg, summary = load_finished_run(run_dir)
     table = load_test_split(cfg, data_file, trust_pickle)
     split = table.name + variant_suffix(backend, bool(quantize))
     out = eval_dir(run_dir, split, bool(data_file), overwrite)
@@ -110,6 +110,7 @@ def evaluate_run(
     metrics.update(
         {
             "split": split,
+            "data_file": str(data_file) if data_file else None,
             "rows": len(table),
             "truncated_rows": int(sum(truncated)),
             "per_class_f1": dict(zip(names, map(float, per_class))),
@@ -131,6 +132,11 @@ def evaluate_run(
         cm, names, out / "confusion_matrix.png", title=f"{run_dir.name} — {split}"
     )
     write_json(out / "metrics.json", metrics)
+    if split == HELD_OUT:  # the merged model as saved, on the held-out split: into its cards
+        from .model_card import refresh_cards
+
+        refresh_cards(run_dir, cfg, summary)
+
     from .run_report import try_write_run_report
 
     try_write_run_report(run_dir)  # the report shows the new split

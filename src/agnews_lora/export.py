@@ -17,7 +17,7 @@ import peft
 import torch
 import transformers
 
-from . import __version__
+from . import __version__, model_card
 from .budget import ParamCounts
 from .config import Config
 from .devices import has_cast_linears
@@ -50,8 +50,13 @@ def _save_dir(target: Path, write) -> None:
     tmp.rename(target)
 
 
-def save_adapter_and_merged(peft_model, tokenizer, run_dir: Path, base_model_id: str) -> None:
-    """``adapter/``: adapter (LoRA + head) + tokenizer; ``merged/``: plain transformers model."""
+def save_adapter_and_merged(
+    peft_model, tokenizer, run_dir: Path, base_model_id: str, card=None
+) -> None:
+    """``adapter/``: adapter (LoRA + head) + tokenizer; ``merged/``: plain transformers model.
+
+    ``card(folder, kind)`` writes the model card into each folder before it is renamed into place.
+    """
     peft_model.peft_config[
         "default"
     ].base_model_name_or_path = base_model_id  # PEFT leaves None for local builds
@@ -59,6 +64,8 @@ def save_adapter_and_merged(peft_model, tokenizer, run_dir: Path, base_model_id:
     def write_adapter(d: Path) -> None:
         peft_model.save_pretrained(d)
         tokenizer.save_pretrained(d)
+        if card is not None:
+            card(d, "adapter")
 
     _save_dir(run_dir / "adapter", write_adapter)
     merged = peft_model.merge_and_unload()
@@ -67,6 +74,8 @@ def save_adapter_and_merged(peft_model, tokenizer, run_dir: Path, base_model_id:
     def write_merged(d: Path) -> None:
         merged.save_pretrained(d)
         tokenizer.save_pretrained(d)
+        if card is not None:
+            card(d, "merged")
 
     _save_dir(run_dir / "merged", write_merged)
 
@@ -89,7 +98,8 @@ def fp32_for_export(cfg: Config, peft_model):
 def export_run(
     model, tokenizer, run_dir: Path, cfg: Config, counts: ParamCounts, fit: FitResult
 ) -> dict:
-    """Write ``adapter/``, ``merged/``, ``plots/`` and, last, ``summary.json``; return the summary.
+    """Write ``adapter/``, ``merged/`` (each with its model card), ``plots/`` and, last,
+    ``summary.json``; return the summary.
 
     ``model`` is the trained PEFT model (unwrapped, on any device); its trainable weights are
     replaced by ``fit.best_state`` and its fast dropout is undone. Called on the main process only;
@@ -101,9 +111,7 @@ def export_run(
     if fit.fast_dropout is not None:  # the saved model uses torch's own dropout and attention
         restore_dropout(model, fit.fast_dropout)
     model = fp32_for_export(cfg, model)
-    save_adapter_and_merged(model, tokenizer, run_dir, cfg.model.name_or_path)
     rows = read_metrics(run_dir / "metrics.jsonl")
-    plot_training_curves(rows, run_dir / "plots")
     train_rows = [r for r in rows if r["split"] == "train"]
     total_tokens = sum(r["tokens_per_s"] for r in train_rows)  # informative only
     summary = {
@@ -142,6 +150,14 @@ def export_run(
         },
         "versions": library_versions(),
         "machine": machine_info(),
+        "command": model_card.current_command(),  # the CLI's command line (None from Python)
     }
+    test = model_card.held_out_metrics(run_dir)
+
+    def card(folder: Path, kind: str) -> None:
+        model_card.write_card(folder, kind, cfg, summary, test)
+
+    save_adapter_and_merged(model, tokenizer, run_dir, cfg.model.name_or_path, card=card)
+    plot_training_curves(rows, run_dir / "plots")
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -36,6 +36,7 @@ from .fast_dropout import use_fast_dropout
 from .optim import build_optimizer, build_scheduler
 from .prediction import batched_logits
 from .runs import FitResult, MetricsLog, Run
+from .tracking import Tracking
 from .weights import load_trainable, trainable_state
 
 log = logging.getLogger(__name__)
@@ -307,11 +308,14 @@ class Loop:
         main = self.acc.is_main_process
         metrics_log = None
         bar = None
+        # train.report_to: every metrics.jsonl record also goes to the trackers (main process)
+        self.tracking = Tracking(self.acc, self.cfg, self.run_dir)
         try:
             if main:
                 metrics_log = MetricsLog(
                     self.run_dir / "metrics.jsonl", truncate_after_step=self.step
                 )
+                self.tracking.start()
                 if self.progress:
                     bar = tqdm(
                         total=self.total_steps,
@@ -327,6 +331,7 @@ class Loop:
                 bar.close()
             if metrics_log is not None:
                 metrics_log.close()
+            self.tracking.end()
         return self.result()
 
     def _steps(
@@ -373,6 +378,7 @@ class Loop:
         }
         if metrics_log is not None:
             metrics_log.write(rec)
+            self.tracking.log(rec)
         if bar is not None:
             best = f"{self.best_acc:.4f}" if self.best_acc >= 0 else "-"
             bar.set_postfix(
@@ -403,6 +409,7 @@ class Loop:
         }
         if metrics_log is not None:
             metrics_log.write(rec)
+            self.tracking.log(rec)
         if bar is not None:
             bar.set_postfix(val_acc=f"{m['accuracy']:.4f}", best=f"{self.best_acc:.4f}")
         if on_eval is not None:

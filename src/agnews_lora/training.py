@@ -28,6 +28,7 @@ from .modeling import (
     meta_peft_model,
 )
 from .runs import FitResult, Run, default_run_name, load_run_config, unfinished_advice
+from .tracking import accelerator_kwargs, check_trackers
 
 __all__ = [
     "FitResult",
@@ -139,16 +140,22 @@ def setup(
     check_max_length(cfg, model_config)
     counts = plan_counts(cfg, model_config)
     check_budget(counts, cfg.budget.max_trainable_params)
+    trackers = check_trackers(cfg.train.report_to)  # a missing package: before anything is written
 
     cuda = torch.cuda.is_available()
     precision = resolve_precision(cfg.train.precision, "cuda" if cuda else "cpu")
     AcceleratorState._reset_state()  # a second setup() in one process may use another precision
+    if state is None:
+        run_dir = Path(cfg.output_dir) / (cfg.run_name or default_run_name(cfg))
     # cpu=True lets Accelerate run multi-process on CPU (gloo) under torchrun / accelerate launch
-    acc = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not cuda)
+    acc = Accelerator(
+        mixed_precision="no" if precision == "fp32" else precision,
+        cpu=not cuda,
+        **accelerator_kwargs(trackers, run_dir),
+    )
     main = acc.is_main_process
     say = log.info if main else log.debug
     if state is None:  # a new run must not land in an existing one
-        run_dir = Path(cfg.output_dir) / (cfg.run_name or default_run_name(cfg))
         _refuse_existing(run_dir)  # every process, each before the barrier: all of them stop
         acc.wait_for_everyone()
 
