@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -305,3 +306,16 @@ def encode(table: Table, tokenizer, max_length: int, cache_dir: str | None = Non
         np.savez(tmp, flat=np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets=offsets)
         os.replace(tmp, key)
     return Encoded(ids, table.labels)
+
+
+def encode_texts(tokenizer, texts: Sequence[str], max_length: int) -> tuple[Encoded, list[bool]]:
+    """Tokenise, truncating to ``max_length`` (keeping the final special token); flags truncated texts."""
+    enc = tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+    ids, truncated = [], []
+    for x in enc:
+        cut = len(x) > max_length
+        if cut:
+            x = x[: max_length - 1] + x[-1:]
+        ids.append(np.asarray(x, dtype=np.int32))
+        truncated.append(cut)
+    return Encoded(ids, None), truncated

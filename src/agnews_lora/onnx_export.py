@@ -20,7 +20,6 @@ leaves nothing in ``export/``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -35,7 +34,14 @@ import numpy as np
 
 from .errors import UserError
 from .runs import load_finished_run, write_json
-from .runtimes import RUNTIME_BACKENDS, export_dir, export_name, padded_batches, require
+from .runtimes import (  # noqa: F401 (source_fingerprint: re-export)
+    RUNTIME_BACKENDS,
+    export_dir,
+    export_name,
+    padded_batches,
+    require,
+    source_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +76,6 @@ def _packages(fmt: str, int8: bool) -> None:
     require("onnxruntime" if fmt == "onnx" else "openvino", extra)
     if fmt == "openvino" and int8:
         require("nncf", "openvino")
-
-
-def source_fingerprint(merged: Path, hash_files: bool = True) -> dict:
-    """sha256 and newest mtime of ``merged/``'s config and weights: which model an export is of."""
-    files = sorted([merged / "config.json", *merged.glob("*.safetensors")])
-    h = hashlib.sha256()
-    for f in files if hash_files else ():
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    mtime = max(f.stat().st_mtime for f in files)
-    return {
-        "path": "merged",
-        "sha256": h.hexdigest() if hash_files else None,
-        "mtime": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(mtime)),
-    }
 
 
 def load_torch_model(run_dir: Path, cfg):
@@ -228,7 +217,7 @@ def agreement(
     """
     import torch
 
-    from .prediction import softmax
+    from .scores import softmax
 
     same = diffs = 0.0
     worst = worst_logit = 0.0

@@ -28,9 +28,10 @@ from .backends import (  # noqa: F401 (re-export)
     torch_logits,
 )
 from .batching import pad_ids, plan_batches
-from .data import Encoded, read_columns
+from .data import Encoded, encode_texts, read_columns  # noqa: F401 (encode_texts: re-export)
 from .errors import UserError
 from .runs import load_finished_run
+from .scores import softmax  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
 
@@ -111,25 +112,6 @@ def batched_logits(
     finally:
         model.train(was_training)
     return idx, out
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def encode_texts(tokenizer, texts: Sequence[str], max_length: int) -> tuple[Encoded, list[bool]]:
-    """Tokenise, truncating to ``max_length`` (keeping the final special token); flags truncated texts."""
-    enc = tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
-    ids, truncated = [], []
-    for x in enc:
-        cut = len(x) > max_length
-        if cut:
-            x = x[: max_length - 1] + x[-1:]
-        ids.append(np.asarray(x, dtype=np.int32))
-        truncated.append(cut)
-    return Encoded(ids, None), truncated
 
 
 def model_label_names(

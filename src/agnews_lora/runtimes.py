@@ -13,10 +13,12 @@ every backend, torch included). Both runtimes are optional extras:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import shlex
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -200,7 +202,6 @@ def open_export(run_dir: str | Path, name: str, int8: bool = False, threads: int
 
 def check_fresh(run_dir: Path, path: Path, info: dict) -> None:
     """UserError when ``merged/`` is no longer the model that was exported (retrained run)."""
-    from .onnx_export import source_fingerprint
 
     merged = run_dir / "merged"
     source = info.get("source") or {}
@@ -230,7 +231,7 @@ def padded_batches(
     length together, each batch padded to its longest row rounded up to ``multiple``.
     """
     from .batching import pad_ids, plan_batches
-    from .prediction import encode_texts
+    from .data import encode_texts
 
     encoded, _ = encode_texts(tokenizer, texts, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -250,3 +251,20 @@ def backend_logits(
             out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
         out[rows] = logits
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def source_fingerprint(merged: Path, hash_files: bool = True) -> dict:
+    """sha256 and newest mtime of ``merged/``'s config and weights: which model an export is of."""
+    files = sorted([merged / "config.json", *merged.glob("*.safetensors")])
+    h = hashlib.sha256()
+    for f in files if hash_files else ():
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    mtime = max(f.stat().st_mtime for f in files)
+    return {
+        "path": "merged",
+        "sha256": h.hexdigest() if hash_files else None,
+        "mtime": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(mtime)),
+    }
