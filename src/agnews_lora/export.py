@@ -141,5 +141,9 @@ def export_run(
         },
         "versions": library_versions(),
     }
+    if fit.schedule is not None:  # the step count a time budget chose, and what it was based on
+        summary["schedule"] = fit.schedule
+    if fit.started is not None:  # this session: setup's start to here (the time budget's span)
+        summary["timings"]["wall_seconds"] = round(time.perf_counter() - fit.started, 3)
     write_json(run_dir / "summary.json", summary)
     return summary
