@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -358,7 +357,7 @@ class Loop:
                 self.step, time.perf_counter() - t0
             )
             if said:
-                tqdm.write(said, file=sys.stderr) if bar is not None else log.info(said)
+                log.info(said)
             s, last = self.step, self.step == self.total_steps
             if s % t.log_every == 0 or last:
                 self._log_window(window, metrics_log, bar)
