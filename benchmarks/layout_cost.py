@@ -32,14 +32,17 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # a CPU benchmark unless aske
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("tiny", "minilm", "roberta-base-shape"), default="minilm")
-    p.add_argument("--steps", type=int, default=8, help="timed steps per layout (after as many warm-up)")
+    p.add_argument("--steps", type=int, default=8,
+                   help="timed steps per layout (after as many warm-up)")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--targets", default="query,value", help="lora.target_modules")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override")
     args = p.parse_args(argv)
 
     import throughput as T
     from _common import machine_info
+
     from agnews_lora.config import LoraSettings, load_config
     from agnews_lora.modeling import load_model_config
     from agnews_lora.planning import Planner
@@ -57,13 +60,14 @@ def main(argv=None) -> int:
         modelled = planner.layout(settings, 10**9).step_cost
         cfg = load_config(None, [
             f"model.name_or_path={model_path}", "model.max_length=128", f"output_dir={work}",
-            f"run_name=layout-{len(results)}", f"data.cache_dir={work / 'cache'}", f"lora.r={args.rank}",
+            f"run_name=layout-{len(results)}", f"data.cache_dir={work / 'cache'}",
+            f"lora.r={args.rank}",
             f"lora.target_modules=[{', '.join(targets)}]", f"lora.layers={layers or 'null'}",
             "budget.max_trainable_params=100000000", *args.set])
         loop = setup(cfg, progress=False, splits={"train": rows, "validation": rows})
         spread = [i * loop.steps_per_epoch // args.steps for i in range(args.steps)]
 
-        def run() -> float:
+        def run(loop=loop, spread=spread) -> float:
             t0 = time.perf_counter()
             for s in spread:
                 loop.step = s

@@ -1,8 +1,9 @@
-"""train.time_budget: parsing, the steps that fit, a schedule that ends on time, resume, too short."""
+"""train.time_budget: parsing, the steps that fit, a schedule ending on time, resume, too short."""
 
 import json
 
 import pytest
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
 from agnews_lora import time_budget as tb
@@ -11,7 +12,6 @@ from agnews_lora.config import load_config
 from agnews_lora.errors import UserError
 from agnews_lora.runs import read_metrics
 from agnews_lora.training import setup, train
-from conftest import tiny_overrides
 
 PACE = tb.Pace(seconds_per_step=0.5, timed_steps=16, eval_seconds=2.0, export_seconds=5.0)
 
@@ -31,7 +31,8 @@ def test_bad_durations_are_one_line_errors(text):
 
 
 def test_bad_budget_on_the_command_line_is_one_line_exit_2(tmp_path, capsys):
-    assert main(["train", "--set", "train.time_budget=soon", "--set", f"output_dir={tmp_path}"]) == 2
+    args = ["--set", "train.time_budget=soon", "--set", f"output_dir={tmp_path}"]
+    assert main(["train", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert "train.time_budget" in err and len(err.splitlines()) == 1 and not any(tmp_path.iterdir())
 
@@ -44,7 +45,8 @@ def test_the_chosen_steps_are_the_most_that_fit(left, eval_every):
     if n == 0:
         assert tb.run_seconds(1, PACE, eval_every) > usable
     else:
-        assert tb.run_seconds(n, PACE, eval_every) <= usable < tb.run_seconds(n + 1, PACE, eval_every)
+        more = tb.run_seconds(n + 1, PACE, eval_every)
+        assert tb.run_seconds(n, PACE, eval_every) <= usable < more
 
 
 def _budgeted(monkeypatch, pace=PACE, start=100.0, after=110.0):
@@ -55,7 +57,8 @@ def _budgeted(monkeypatch, pace=PACE, start=100.0, after=110.0):
 
 
 def _cfg(tiny_model_dir, data_dir, tmp_path, **extra):
-    return load_config(None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **extra))
+    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **extra)
+    return load_config(None, sets)
 
 
 def test_budget_fixes_the_steps_and_the_schedule_ends_on_time(tiny_model_dir, data_dir, tmp_path,
@@ -71,7 +74,8 @@ def test_budget_fixes_the_steps_and_the_schedule_ends_on_time(tiny_model_dir, da
     assert s["schedule"]["configured_steps"] == 120 and s["schedule"]["time_budget_seconds"] == 60
     assert tb.run_seconds(expected, PACE, 10) + 10.0 <= 60.0
     train_rows = [r for r in read_metrics(run.dir / "metrics.jsonl") if r["split"] == "train"]
-    assert train_rows[-1]["step"] == expected and train_rows[-1]["lr"] == 0.0  # linear: decayed to 0
+    # linear: decayed to 0 exactly at the last step
+    assert train_rows[-1]["step"] == expected and train_rows[-1]["lr"] == 0.0
     assert max(r["lr"] for r in train_rows) > 0
 
 
@@ -96,8 +100,9 @@ def test_the_pace_trial_leaves_no_trace(tiny_model_dir, data_dir, tmp_path, caps
 
 def test_resume_keeps_the_recorded_total(tiny_model_dir, data_dir, tmp_path, monkeypatch):
     _budgeted(monkeypatch)
-    cfg = _cfg(tiny_model_dir, data_dir, tmp_path, **{"train.time_budget": "1m", "run_name": "r",
-                                                     "train.eval_every": 20, "train.checkpoint_every": 10})
+    cfg = _cfg(tiny_model_dir, data_dir, tmp_path, **{
+        "train.time_budget": "1m", "run_name": "r", "train.eval_every": 20,
+        "train.checkpoint_every": 10})
     expected = tb.steps_that_fit(50.0, PACE, 20)
     assert expected > 20
     loop = setup(cfg, progress=False)
@@ -112,13 +117,14 @@ def test_resume_keeps_the_recorded_total(tiny_model_dir, data_dir, tmp_path, mon
     run = train(None, resume=loop.run_dir, progress=False)
     assert run.summary["resumed_from_step"] == 10
     assert run.summary["steps"] == run.summary["total_steps"] == expected
-    assert json.loads((loop.run_dir / "summary.json").read_text())["schedule"]["total_steps"] == expected
+    summary = json.loads((loop.run_dir / "summary.json").read_text())
+    assert summary["schedule"]["total_steps"] == expected
     last = [r for r in read_metrics(loop.run_dir / "metrics.jsonl") if r["split"] == "train"][-1]
     assert last["step"] == expected and last["lr"] == 0.0
 
 
-def test_a_budget_too_short_is_one_line_exit_2_and_leaves_nothing(tiny_model_dir, data_dir, tmp_path,
-                                                                  monkeypatch, capsys):
+def test_a_budget_too_short_is_one_line_exit_2_and_leaves_nothing(
+        tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
     _budgeted(monkeypatch, pace=tb.Pace(30.0, 16, 2.0, 5.0))
     sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path,
                           **{"train.time_budget": "30s", "run_name": "short"})
