@@ -170,9 +170,11 @@ class Loop:
                 f"process(es), global batch {self.global_batch})"
             )
         load_trainable(self.acc.unwrap_model(self.model), state["trainable"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if "total_steps" in state:  # the recorded length (a time budget's choice): never re-planned
+        # the recorded length (a time budget's choice), never re-planned; the schedule is rebuilt
+        # before the optimizer's state comes back (building it resets the optimizer's lr)
+        if "total_steps" in state:
             self.set_total_steps(state["total_steps"], state.get("schedule"))
+        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best_acc, self.best_step = (
             state["step"],
