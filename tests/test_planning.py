@@ -202,3 +202,26 @@ def test_bad_input_is_one_line_exit_2(argv, message, no_hub, capsys):
     assert main(["plan", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_step_cost_is_modelled_from_the_layers_that_need_a_backward(roberta, no_hub, capsys):
+    """Forward through all 12 layers, backward only from the lowest LoRA layer up."""
+    from agnews_lora.layout_cost import SEQ_LEN, _per_layer
+
+    fwd, bwd = _per_layer(roberta, SEQ_LEN)
+    costs = {}
+    for label, layers in roberta.layer_subsets():
+        lay = roberta.layout(LoraSettings(r=8, target_modules=["query", "value"], layers=layers), 10**6)
+        extra = 6 * (SEQ_LEN * lay.lora_params + lay.head_params)
+        below = layers[0] if layers else 0
+        assert lay.step_cost == pytest.approx(
+            (12 * fwd + (12 - below) * bwd + extra) / (12 * (fwd + bwd)), abs=1e-4)
+        costs[label.split("(")[-1]] = lay.step_cost
+    assert costs["all"] > 1.0 > costs["top half)"] > costs["top quarter)"] > fwd / (fwd + bwd)
+    wide = roberta.layout(LoraSettings(r=32, target_modules=["query", "value"]), 10**6).step_cost
+    assert wide > costs["all"]  # more LoRA work per step at a higher rank
+    assert main(["plan", "--budget", "1000000", "--model", "roberta-base", "--json"]) == 0
+    assert all(0.4 < lay["step_cost"] < 1.2 for lay in json.loads(capsys.readouterr().out))
+    assert main(["plan", "--budget", "1000000", "--model", "roberta-base"]) == 0
+    out = capsys.readouterr().out
+    assert "cost/step" in out and "modelled (not timed)" in out

@@ -85,6 +85,11 @@ def cmd_train(args) -> int:
              f"{', fast CPU dropout' if str(s.get('dropout', '')).startswith('fast') else ''})")
         _out(f"best val       accuracy {b['val_accuracy']:.4f}  macro-F1 {b.get('val_macro_f1', float('nan')):.4f}  at step {b['step']}")
         _out(f"train time     {tm['train_seconds']:.1f} s  ({tm['train_samples_per_s']:.1f} samples/s)")
+        if s.get("schedule"):  # train.time_budget
+            sc = s["schedule"]
+            wall = f"; this call took {tm['wall_seconds']:.0f} s" if "wall_seconds" in tm else ""
+            _out(f"time budget    {sc['time_budget']}: {sc['total_steps']:,} of "
+                 f"{sc['configured_steps']:,} configured steps planned{wall}")
         _out("written        config.yaml metrics.jsonl summary.json adapter/ merged/ plots/ "
              "report.html")
         _out(f"next           agnews-lora evaluate {run.dir}")

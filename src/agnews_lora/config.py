@@ -147,6 +147,14 @@ class TrainConfig:
         min=0,
     )
     max_steps: int | None = _f(None, "Optimizer steps to train; overrides epochs.", min=1)
+    time_budget: str | float | None = _f(
+        None,
+        "Wall-clock budget for the whole `train` call ('20m', '90s', '1h', '1h30m' or a number of "
+        "minutes): from its start (model load and tokenisation included) to summary.json, "
+        "evaluations and the export included. The steps are cut to what fits at the pace "
+        "measured on trial steps (never above epochs / max_steps); null = no budget.",
+        min_exclusive=0,
+    )
     per_device_batch_size: int = _f(32, "Training sequences per device per micro-batch.", min=1)
     grad_accumulation: int = _f(1, "Micro-batches per optimizer step.", min=1)
     eval_batch_size: int = _f(128, "Sequences per evaluation/prediction batch.", min=1)
@@ -275,6 +283,10 @@ def validate(cfg: Config) -> None:
     t, lo, d = cfg.train, cfg.lora, cfg.data
     if t.max_steps is None and t.epochs <= 0:
         raise fail("train.epochs", f"must be positive (or set train.max_steps), got {t.epochs}")
+    if t.time_budget is not None:
+        from .time_budget import parse_duration
+
+        parse_duration(t.time_budget)
     if not lo.target_modules or not all(m.strip() for m in lo.target_modules):
         raise fail("lora.target_modules", "must name at least one module (no empty names)")
     if lo.layers is not None and len(set(lo.layers)) != len(lo.layers):

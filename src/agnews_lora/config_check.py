@@ -59,7 +59,14 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        kinds = [a for a in args if a is not type(None)]
+        if len(kinds) > 1:  # e.g. ``str | float``: the first kind that takes the value
+            for kind in kinds[:-1]:
+                try:
+                    return check_type(value, kind, where)
+                except UserError:
+                    pass
+        hint = kinds[-1]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if value is None:
         raise fail(where, "must not be null")

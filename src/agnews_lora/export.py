@@ -152,6 +152,8 @@ def export_run(
         "machine": machine_info(),
         "command": model_card.current_command(),  # the CLI's command line (None from Python)
     }
+    if fit.schedule is not None:  # the step count a time budget chose, and what it was based on
+        summary["schedule"] = fit.schedule
     test = model_card.held_out_metrics(run_dir)
 
     def card(folder: Path, kind: str) -> None:
@@ -159,5 +161,7 @@ def export_run(
 
     save_adapter_and_merged(model, tokenizer, run_dir, cfg.model.name_or_path, card=card)
     plot_training_curves(rows, run_dir / "plots")
+    if fit.started is not None:  # this session: setup's start to here (the time budget's span)
+        summary["timings"]["wall_seconds"] = round(time.perf_counter() - fit.started, 3)
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -36,6 +36,7 @@ from .fast_dropout import use_fast_dropout
 from .optim import build_optimizer, build_scheduler
 from .prediction import batched_logits
 from .runs import FitResult, MetricsLog, Run
+from .time_budget import PaceProbe
 from .tracking import Tracking
 from .weights import load_trainable, trainable_state
 
@@ -152,6 +153,14 @@ class Loop:
         self.finished = False
         self.train_time = 0.0
         self._epoch_cache: tuple[int, list] | None = None
+        # how total_steps was chosen (time_budget.plan_steps); recorded in checkpoints and summary
+        self.schedule: dict | None = None
+        self.started = time.perf_counter()  # setup() sets when it began (the time budget's start)
+
+    def set_total_steps(self, total: int, schedule: dict | None = None) -> None:
+        """Fix the run's length before its first step; the LR schedule is rebuilt to end there."""
+        self.total_steps, self.schedule = total, schedule
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, total)
 
     # -- state ---------------------------------------------------------------------------------
     def restore(self, state: dict) -> None:
@@ -162,6 +171,10 @@ class Loop:
                 f"process(es), global batch {self.global_batch})"
             )
         load_trainable(self.acc.unwrap_model(self.model), state["trainable"])
+        # the recorded length (a time budget's choice), never re-planned; the schedule is rebuilt
+        # before the optimizer's state comes back (building it resets the optimizer's lr)
+        if "total_steps" in state:
+            self.set_total_steps(state["total_steps"], state.get("schedule"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best_acc, self.best_step = (
@@ -196,6 +209,8 @@ class Loop:
                 "last_eval": self.last_eval,
                 "finished": self.finished,
                 "stopped_early": self.stopped_early,
+                "total_steps": self.total_steps,
+                "schedule": self.schedule,
             }
             keep = self.cfg.train.keep_checkpoints
             ckpt.save_checkpoint(
@@ -339,10 +354,17 @@ class Loop:
     ) -> None:
         t = self.cfg.train
         window = _Window(self.acc.device)
+        # the pace was measured before the start (a time budget) or is measured now
+        probe = PaceProbe(self.step, self.total_steps) if self.schedule is None else None
         while self.step < self.total_steps:
             t0 = time.perf_counter()
             window.add(*self.train_step())
             self.train_time += time.perf_counter() - t0
+            said = probe and self.acc.is_main_process and probe.after_step(
+                self.step, time.perf_counter() - t0
+            )
+            if said:
+                log.info(said)
             s, last = self.step, self.step == self.total_steps
             if s % t.log_every == 0 or last:
                 self._log_window(window, metrics_log, bar)
@@ -469,6 +491,8 @@ class Loop:
             precision=self.precision,
             device=str(self.acc.device),
             fast_dropout=self.fast_dropout,
+            schedule=self.schedule,
+            started=self.started,
         )
 
     def export(self, fit: FitResult) -> Run:

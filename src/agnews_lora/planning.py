@@ -134,6 +134,7 @@ class Layout:
     targets: str = ""  # short label, e.g. q,v
     layers_label: str = "all"
     head: str = "full"  # lora.head
+    step_cost: float = 0.0  # modelled training cost per step (layout_cost.step_cost)
     trainable_params: int = field(init=False)
     fits: bool = field(init=False)
 
@@ -296,9 +297,13 @@ class Planner:
             lora, head, other = c.lora, c.head, c.other
         else:
             head, other, _ = self._head_counts(settings.head)
+        from .layout_cost import step_cost
+
         layers = None if settings.layers is None else list(settings.layers)
+        cost = round(step_cost(self, layers, lora, head + other), 4)
         return Layout(settings.r, list(settings.target_modules), layers, lora, head, other, budget,
-                      targets or ",".join(settings.target_modules), layers_label, settings.head)
+                      targets or ",".join(settings.target_modules), layers_label, settings.head,
+                      cost)
 
     def enumerate(self, budget: int, ranks=DEFAULT_RANKS, heads=None) -> list[Layout]:
         """Every head choice x rank x target set x layer subset; fitting first, largest first."""
@@ -385,14 +390,17 @@ def _grid(p: Plan, head: str) -> list[str]:
     for lay in p.layouts:
         if lay.head == head:
             cells.setdefault((lay.targets, lay.layers_label), {})[lay.r] = lay
-    lines = [f"  {'targets':<11} {'layers':<19}" + "".join(f"{'r=' + str(r):>12}" for r in ranks)]
+    at = 8 if 8 in ranks else ranks[len(ranks) // 2]  # the cost barely moves with the rank
+    lines = [f"  {'targets':<11} {'layers':<19}" + "".join(f"{'r=' + str(r):>12}" for r in ranks)
+             + f"  cost/step (r={at})"]
     for (label, layers_label), by_r in cells.items():
         row = ""
         for r in ranks:
             lay = by_r.get(r)
             cell = f"{lay.trainable_params:,}" + ("*" if lay.fits else " ") if lay else ""
             row += f"{cell:>12}"
-        lines.append(f"  {label:<11} {layers_label:<19}{row}")
+        cost = f"{by_r[at].step_cost:>9.2f}" if at in by_r else ""
+        lines.append(f"  {label:<11} {layers_label:<19}{row}  {cost}")
     return lines
 
 
@@ -400,12 +408,12 @@ def _top(fitting: list[Layout], b: int, with_head: bool) -> list[str]:
     width = max(len(",".join(lay.target_modules)) for lay in fitting)
     hw = 9 if with_head else 0
     lines = [f"  {'head' if hw else '':<{hw}}{'r':>3}  {'target_modules':<{width}}  {'layers':<19} "
-             f"{'LoRA':>10} {'trainable':>11} {'of budget':>9}"]
+             f"{'LoRA':>10} {'trainable':>11} {'of budget':>9} {'cost/step':>9}"]
     for lay in fitting:
         lines.append(f"  {lay.head if hw else '':<{hw}}{lay.r:>3}  "
                      f"{','.join(lay.target_modules):<{width}}  {lay.layers_label:<19} "
                      f"{lay.lora_params:>10,} {lay.trainable_params:>11,} "
-                     f"{100 * lay.trainable_params / b:>8.1f}%")
+                     f"{100 * lay.trainable_params / b:>8.1f}% {lay.step_cost:>9.2f}")
     return lines
 
 
@@ -430,6 +438,9 @@ def format_plan(p: Plan, top: int = 10) -> str:
         which = f", lora.head={head}:" if len(heads) > 1 else ":"
         lines += ["", f"trainable parameters of every layout (* = fits the budget){which}",
                   *_grid(p, head)]
+    from .layout_cost import BASIS
+
+    lines.append(f"  cost/step: {BASIS}")
     sets = pl.target_sets()
     lines.append("  " + "; ".join(f"{label} = [{', '.join(names)}]" for label, names in sets))
     if fitting:

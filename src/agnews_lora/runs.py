@@ -65,6 +65,8 @@ class FitResult:
     precision: str
     device: str
     fast_dropout: dict | None  # what fast_dropout.use_fast_dropout changed (undone before saving)
+    schedule: dict | None = None  # how total_steps was chosen (time_budget.plan_steps)
+    started: float | None = None  # time.perf_counter() when setup began (this session)
 
 
 def write_json(path: str | Path, data) -> None:

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -14,6 +16,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from . import checkpoint as ckpt
+from . import time_budget
 from .budget import ParamCounts, check_budget, count_params
 from .config import Config, save_config
 from .data import Table, encode, load_splits
@@ -120,6 +123,7 @@ def setup(
     ``splits``: ``{"train": Table, "validation": Table}`` instead of the ones ``cfg.data`` names
     (benchmarks, in-memory data). Bad input raises `UserError` before anything is written.
     """
+    started = time_budget.clock()  # train.time_budget counts from here
     state = None
     if resume is not None:
         run_dir = Path(resume)
@@ -164,7 +168,9 @@ def setup(
     splits = splits or load_splits(cfg)
     say(counts.describe())
     set_seed(cfg.train.seed)
+    t_load = time.perf_counter()
     model = apply_lora(load_base_model(cfg), cfg.lora)
+    load_seconds = time.perf_counter() - t_load
     real = count_params(model)
     if real.trainable != counts.trainable:  # never happens: the meta count is what we promised
         raise RuntimeError(
@@ -194,8 +200,18 @@ def setup(
             f"dropout: fast CPU masks in {loop.fast_dropout['dropout_modules']} modules{where} "
             f"(train.fast_cpu_dropout; false restores torch's own)"
         )
+    loop.started = started
     if state is not None:
-        loop.restore(state)
+        loop.restore(state)  # keeps the recorded total_steps: a time budget is not re-planned
+    elif cfg.train.time_budget is not None:
+        try:
+            total, line, record = time_budget.budget_schedule(loop, started, load_seconds)
+        except UserError:
+            if main:  # nothing left behind
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        loop.set_total_steps(total, record)
+        say(line)
     return loop
 
 

@@ -1,0 +1,259 @@
+"""``train.time_budget``: parse it, measure the pace, fix the number of steps that fits.
+
+What the budget covers: the wall clock from the start of `training.setup` (config checks, model
+load, tokenisation, the pace trial) to ``summary.json`` (every training step, every evaluation,
+the export). The Python start-up and imports before it (a few seconds) are not in it.
+
+How: after the model and data are loaded, `measure_pace` runs a few *trial* steps on batches
+spread over the first epoch (the first ``TRIAL_WARMUP`` untimed), times an evaluation of a sample
+of the validation rows, and then puts the trainable weights, the optimizer and the scheduler back
+exactly as they were: the trial leaves no trace in the run (a budgeted run that settles on N steps
+is the run ``train.max_steps=N`` gives). `steps_that_fit` then picks the largest step count whose
+steps, evaluations (every ``eval_every`` and at the end) and export fit in what is left of the
+budget, less a safety margin, and never more than the configured epochs / max_steps. The learning
+rate schedule is built for that count, so it decays to its end on time. The count is recorded in
+the checkpoints and summary.json: ``--resume`` keeps it and never measures again, and every
+process of a multi-process run computes it from the same gathered measurements.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+TRIAL_WARMUP = 2  # untimed trial steps first (allocations, kernel selection)
+TRIAL_STEPS = 16  # timed trial steps
+EVAL_SAMPLE_ROWS = 256  # validation rows timed to estimate one evaluation
+MARGIN = 0.05  # of the time left after the trial, kept free for pace noise and checkpoints
+# the export reloads the base model when it was stored in bf16, merges and writes two models and
+# the plots: about this many model loads, plus a fixed part (measured on MiniLM: docs/performance)
+EXPORT_LOADS = 2.0
+EXPORT_FIXED_S = 3.0
+
+clock = time.perf_counter  # the budget's clock (tests replace it)
+
+_UNITS = {"h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|min|m|s)")
+
+
+def parse_duration(value) -> float:
+    """Seconds in ``value``: '20m', '90s', '1h', '1h30m', '1.5h' or a number (of minutes)."""
+    bad = UserError(
+        f"train.time_budget must be a duration such as '20m', '90s', '1h', '1h30m' or a number "
+        f"of minutes; got {value!r}"
+    )
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, (int, float)):
+        seconds = float(value) * 60.0
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        try:
+            seconds = float(text) * 60.0
+        except ValueError:
+            parts = _DURATION.findall(text)
+            units = [u for _, u in parts]
+            if not parts or "".join(n + u for n, u in parts) != text or len(set(units)) < len(
+                units
+            ):
+                raise bad from None
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    else:
+        raise bad
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise bad
+    return seconds
+
+
+def fmt_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclass
+class Pace:
+    """What the trial measured (the slowest process's figures when there are several)."""
+
+    seconds_per_step: float
+    timed_steps: int
+    eval_seconds: float  # one whole validation evaluation, estimated from a sample
+    export_seconds: float  # estimated from the model load time
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def run_seconds(steps: int, pace: Pace, eval_every: int) -> float:
+    """Steps + evaluations (every ``eval_every`` steps and at the end) + export, at ``pace``."""
+    return (
+        steps * pace.seconds_per_step
+        + math.ceil(steps / eval_every) * pace.eval_seconds
+        + pace.export_seconds
+    )
+
+
+def steps_that_fit(seconds_left: float, pace: Pace, eval_every: int) -> int:
+    """The most steps whose `run_seconds` fit in ``seconds_left`` less the `MARGIN` (0: none)."""
+    usable = seconds_left * (1 - MARGIN)
+    per_step = pace.seconds_per_step + pace.eval_seconds / eval_every
+    n = max(int((usable - pace.export_seconds) / per_step) + 1, 0)
+    while n > 0 and run_seconds(n, pace, eval_every) > usable:
+        n -= 1
+    return n
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_pace(loop, load_seconds: float) -> Pace:
+    """Time trial steps and a validation sample on ``loop``; leave its state exactly as it was."""
+    from .prediction import batched_logits
+    from .weights import load_trainable, trainable_state
+
+    model = loop.acc.unwrap_model(loop.model)
+    weights = trainable_state(model)
+    optimizer = copy.deepcopy(loop.optimizer.state_dict())
+    scheduler = copy.deepcopy(loop.scheduler.state_dict())
+    step = loop.step
+    n = min(TRIAL_STEPS, loop.steps_per_epoch)
+    spread = [i * loop.steps_per_epoch // n for i in range(n)]  # batches of every length
+    try:
+        for s in spread[:TRIAL_WARMUP]:
+            loop.step = s
+            loop.train_step()
+        _sync(loop.acc.device)
+        t0 = time.perf_counter()
+        for s in spread:
+            loop.step = s
+            loop.train_step()
+        _sync(loop.acc.device)
+        per_step = (time.perf_counter() - t0) / n
+        t = loop.cfg.train
+        mine = np.arange(loop.rank, len(loop.val_enc), loop.world)
+        sample = mine[:: max(1, len(mine) // EVAL_SAMPLE_ROWS)]
+        t0 = time.perf_counter()
+        if len(sample):
+            batched_logits(
+                loop.model, loop.val_enc, t.eval_batch_size, loop.pad_id, loop.acc.device,
+                indices=sample, multiple=t.pad_to_multiple_of, max_length=loop.cfg.model.max_length,
+            )
+        _sync(loop.acc.device)
+        eval_s = (time.perf_counter() - t0) * len(mine) / max(len(sample), 1)
+    finally:
+        loop.step = step
+        load_trainable(model, weights)
+        loop.optimizer.load_state_dict(optimizer)
+        loop.scheduler.load_state_dict(scheduler)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.model.train()
+    return Pace(per_step, n, eval_s, EXPORT_LOADS * load_seconds + EXPORT_FIXED_S)
+
+
+def _slowest(loop, values: list[float]) -> list[float]:
+    """Each value's maximum over the processes (every process then plans the same steps)."""
+    if loop.world == 1:
+        return values
+    t = torch.tensor([values], dtype=torch.float64, device=loop.acc.device)
+    return loop.acc.gather(t).max(dim=0).values.tolist()
+
+
+def budget_schedule(loop, started: float, load_seconds: float) -> tuple[int, str, dict]:
+    """Measure the pace on ``loop`` and fix its length under ``train.time_budget``.
+
+    ``started``: `clock()` when setup began. Returns ``(total steps, the line that
+    announces them, the record for the checkpoints and summary.json)``.
+    """
+    t = loop.cfg.train
+    budget_s = parse_duration(t.time_budget)
+    (elapsed,) = _slowest(loop, [clock() - started])
+    if elapsed >= budget_s:
+        raise UserError(
+            f"train.time_budget={t.time_budget!r} ({fmt_duration(budget_s)}) is too short: "
+            f"loading the model and tokenising alone took {fmt_duration(elapsed)}"
+        )
+    local = measure_pace(loop, load_seconds)
+    per_step, eval_s, export_s, elapsed = _slowest(
+        loop,
+        [local.seconds_per_step, local.eval_seconds, local.export_seconds,
+         clock() - started],
+    )
+    pace = Pace(per_step, local.timed_steps, eval_s, export_s)
+    total, line = plan_steps(loop, pace, budget_s, elapsed)
+    record = {
+        "time_budget": t.time_budget,
+        "time_budget_seconds": budget_s,
+        "configured_steps": loop.total_steps,
+        "total_steps": total,
+        "seconds_before_training": round(elapsed, 3),
+        "estimated_seconds": round(elapsed + run_seconds(total, pace, t.eval_every), 3),
+        "pace": pace.to_dict(),
+    }
+    return total, line, record
+
+
+def plan_steps(loop, pace: Pace, budget_s: float | None, elapsed_s: float) -> tuple[int, str]:
+    """``(total steps, the line that announces them)``; a budget too short is a `UserError`."""
+    t = loop.cfg.train
+    configured = loop.total_steps
+    total = configured
+    if budget_s is not None:
+        fit = steps_that_fit(budget_s - elapsed_s, pace, t.eval_every)
+        if fit < 1:
+            need = elapsed_s + run_seconds(1, pace, t.eval_every)
+            raise UserError(
+                f"train.time_budget={t.time_budget!r} ({fmt_duration(budget_s)}) is too short: "
+                f"loading, tokenising and {pace.timed_steps + TRIAL_WARMUP} trial steps took "
+                f"{fmt_duration(elapsed_s)}, and one step, an evaluation and the export need "
+                f"~{fmt_duration(run_seconds(1, pace, t.eval_every))} more; give it at least "
+                f"~{fmt_duration(need / (1 - MARGIN) + 1)}"
+            )
+        total = min(configured, fit)
+    evals = math.ceil(total / t.eval_every)
+    line = (
+        f"estimated training time: {fmt_duration(total * pace.seconds_per_step)} ({total:,} "
+        f"steps at {1 / pace.seconds_per_step:.2f} steps/s measured over {pace.timed_steps} trial "
+        f"steps) + {evals} evaluation(s) ~{fmt_duration(evals * pace.eval_seconds)} + export "
+        f"~{fmt_duration(pace.export_seconds)}"
+    )
+    if budget_s is not None:
+        which = "all" if total == configured else f"{total:,} of the"
+        line += (
+            f"; time budget {fmt_duration(budget_s)} ({fmt_duration(elapsed_s)} used by loading "
+            f"and the trial): {which} {configured:,} configured steps fit"
+        )
+    return total, line
+
+
+class PaceProbe:
+    """Without a budget: the estimate from the first real steps (the schedule is already fixed)."""
+
+    def __init__(self, start_step: int, total_steps: int):
+        self.start, self.total = start_step, total_steps
+        self.seconds = 0.0
+
+    def after_step(self, step: int, seconds: float) -> str | None:
+        """Call after each step with its duration; returns the estimate line once."""
+        done = step - self.start
+        if TRIAL_WARMUP < done <= TRIAL_WARMUP + TRIAL_STEPS:
+            self.seconds += seconds
+        if done != TRIAL_WARMUP + TRIAL_STEPS:
+            return None
+        per_step = self.seconds / TRIAL_STEPS
+        return (
+            f"estimated training time: {fmt_duration((self.total - self.start) * per_step)} "
+            f"({self.total - self.start:,} steps at {1 / per_step:.2f} steps/s measured over steps "
+            f"{self.start + TRIAL_WARMUP + 1}-{step}), evaluations not included"
+        )
