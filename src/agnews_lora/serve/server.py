@@ -18,7 +18,7 @@ import logging
 import socket
 
 from ..errors import UserError
-from .app import ServeOptions
+from .limits import ServeOptions
 from .model import default_threads, default_workers, make_batch_fn, warm_up
 from .threads import make_policy, thread_setter
 
