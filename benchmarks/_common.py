@@ -57,12 +57,17 @@ def machine_info() -> dict:
         "cpu_bf16": [f for f in ("amx_bf16", "avx512_bf16") if f in flags],
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
-        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME")
-                if k in os.environ},
+        "env": {
+            k: os.environ[k]
+            for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME")
+            if k in os.environ
+        },
     }
 
 
-def measure_peak_flops(dtype_name: str, sizes=(1024, 2048, 3072), reps: int = 5, device: str = "cpu") -> dict:
+def measure_peak_flops(
+    dtype_name: str, sizes=(1024, 2048, 3072), reps: int = 5, device: str = "cpu"
+) -> dict:
     """Peak dense matmul FLOP/s of one dtype: large square ``a @ b``; max over sizes of the median over reps."""
     import torch
 
@@ -82,8 +87,13 @@ def measure_peak_flops(dtype_name: str, sizes=(1024, 2048, 3072), reps: int = 5,
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-        per_size[str(n)] = 2 * n ** 3 / statistics.median(times)
-    return {"dtype": dtype_name, "flops": max(per_size.values()), "per_size": per_size, "reps": reps}
+        per_size[str(n)] = 2 * n**3 / statistics.median(times)
+    return {
+        "dtype": dtype_name,
+        "flops": max(per_size.values()),
+        "per_size": per_size,
+        "reps": reps,
+    }
 
 
 @dataclass
@@ -100,12 +110,16 @@ class FlopModel:
     head_dense: bool  # RoBERTa-style head (dense d x d + out_proj) or BERT pooler + classifier
 
     @classmethod
-    def from_model(cls, hf_config, lora) -> "FlopModel":
+    def from_model(cls, hf_config, lora) -> FlopModel:
         d, layers = hf_config.hidden_size, hf_config.num_hidden_layers
         per_layer = sum(1 for m in lora.target_modules if m in ("query", "key", "value", "dense"))
         return cls(
-            hidden=d, layers=layers, intermediate=hf_config.intermediate_size, num_labels=hf_config.num_labels,
-            lora_r=lora.r, lora_modules_per_layer=per_layer,
+            hidden=d,
+            layers=layers,
+            intermediate=hf_config.intermediate_size,
+            num_labels=hf_config.num_labels,
+            lora_r=lora.r,
+            lora_modules_per_layer=per_layer,
             lora_layers=len(lora.layers) if lora.layers is not None else layers,
             head_dense=True,  # both heads do one d x d matmul on the first token (RoBERTa dense / BERT pooler)
         )
@@ -128,7 +142,7 @@ class FlopModel:
         lengths = np.asarray(lengths, dtype=np.float64)
         tokens = lengths.sum()
         linear = 2.0 * (self.layers * self.linear_params_per_layer + self.lora_params) * tokens
-        attention = 4.0 * self.hidden * self.layers * float((lengths ** 2).sum())
+        attention = 4.0 * self.hidden * self.layers * float((lengths**2).sum())
         head = 2.0 * self.head_params * len(lengths)
         return linear + attention + head
 
@@ -139,7 +153,7 @@ class FlopModel:
         d = self.hidden
         base_fwd = 2.0 * self.layers * self.linear_params_per_layer * tokens
         base_bwd = base_fwd - 2.0 * 3 * d * d * tokens  # layer 0's q/k/v need no input gradient
-        attention_fwd = 4.0 * d * self.layers * float((lengths ** 2).sum())
+        attention_fwd = 4.0 * d * self.layers * float((lengths**2).sum())
         lora_fwd = 2.0 * self.lora_params * tokens
         head_fwd = 2.0 * self.head_params * len(lengths)
         return base_fwd + base_bwd + 3.0 * attention_fwd + 3.0 * lora_fwd + 3.0 * head_fwd
@@ -150,8 +164,13 @@ class FlopModel:
 
 def summarise_lengths(lengths: np.ndarray) -> dict:
     lengths = np.asarray(lengths)
-    return {"mean": round(float(lengths.mean()), 1), "median": float(np.median(lengths)),
-            "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max()), "min": int(lengths.min())}
+    return {
+        "mean": round(float(lengths.mean()), 1),
+        "median": float(np.median(lengths)),
+        "p95": float(np.percentile(lengths, 95)),
+        "max": int(lengths.max()),
+        "min": int(lengths.min()),
+    }
 
 
 def median(values):

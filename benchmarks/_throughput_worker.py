@@ -13,9 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 import _common as C
+import numpy as np
 
 
 @dataclass
@@ -23,7 +22,9 @@ class Plan:
     """How much to run per style: (warm-up steps, timed steps), inference rows and passes."""
 
     batch_size: int = 32
-    baseline_eval_batch: int = 64  # the seed notebook's / a typical Trainer per_device_eval_batch_size
+    baseline_eval_batch: int = (
+        64  # the seed notebook's / a typical Trainer per_device_eval_batch_size
+    )
     max_length: int = 512
     max_rows: int | None = None  # cap on the rows read (quick tiny runs)
     eval_rows: int = 2048  # rows held out for inference (never trained on)
@@ -33,8 +34,12 @@ class Plan:
     peak_reps: int = 5
     repeats: int = 1
     extras: bool = True  # ours: int8 throughput, bf16/int8 vs fp32 agreement
-    seed_warmup_rows: int | None = None  # seed style: warm up on a few rows (same 512 width) to save minutes
-    seed_micro_batch: int | None = None  # seed style: accumulate the batch in micro-batches (RAM; same math per step)
+    seed_warmup_rows: int | None = (
+        None  # seed style: warm up on a few rows (same 512 width) to save minutes
+    )
+    seed_micro_batch: int | None = (
+        None  # seed style: accumulate the batch in micro-batches (RAM; same math per step)
+    )
 
 
 def _jsonable(o):
@@ -61,11 +66,19 @@ def worker(style: str, spec_path: Path, out_path: Path) -> int:
     from agnews_lora.modeling import load_tokenizer
 
     warm, steps = plan.train.get(style, (0, 0))
-    cfg = load_config(None, [
-        f"model.name_or_path={spec['model_path']}", f"model.max_length={spec['max_length']}",
-        f"train.per_device_batch_size={plan.batch_size}", f"train.max_steps={warm + steps + 10}",
-        f"data.cache_dir={spec['cache_dir']}", f"output_dir={workdir}", "train.log_every=1000000", "train.eval_every=1000000",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={spec['model_path']}",
+            f"model.max_length={spec['max_length']}",
+            f"train.per_device_batch_size={plan.batch_size}",
+            f"train.max_steps={warm + steps + 10}",
+            f"data.cache_dir={spec['cache_dir']}",
+            f"output_dir={workdir}",
+            "train.log_every=1000000",
+            "train.eval_every=1000000",
+        ],
+    )
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     t0 = time.perf_counter()
     train_table = read_table(workdir / "train.csv", AG_NEWS_LABELS)
@@ -91,10 +104,17 @@ def worker(style: str, spec_path: Path, out_path: Path) -> int:
     train_seconds = res["train_seconds"]
     res["train_flops_per_s"] = flops / train_seconds
     res["train_mfu"] = res["train_flops_per_s"] / res["peak_flops"]
-    res.update({"style": style, "data_load_and_encode_seconds": round(load_seconds, 2),
-                "startup_seconds": round(t_work - t_start, 2), "work_seconds": round(time.perf_counter() - t_work, 2),
-                "loadavg_before": load_before,
-                "loadavg_after": C.loadavg(), "device": str(device)})
+    res.update(
+        {
+            "style": style,
+            "data_load_and_encode_seconds": round(load_seconds, 2),
+            "startup_seconds": round(t_work - t_start, 2),
+            "work_seconds": round(time.perf_counter() - t_work, 2),
+            "loadavg_before": load_before,
+            "loadavg_after": C.loadavg(),
+            "device": str(device),
+        }
+    )
     out_path.write_text(json.dumps(res, default=_jsonable))
     return 0
 
@@ -107,11 +127,22 @@ def _pad_sweep(spec: dict, train_table, eval_table, workdir: Path) -> dict:
     sw = spec["pad_sweep"]
     loops = {}
     for m in sw["multiples"]:
-        cfg = load_config(None, [f"model.name_or_path={spec['model_path']}", f"model.max_length={spec['max_length']}",
-                                 f"train.per_device_batch_size={spec['plan']['batch_size']}", "train.max_steps=100000",
-                                 f"train.pad_to_multiple_of={m}", f"data.cache_dir={spec['cache_dir']}",
-                                 f"output_dir={workdir}", f"run_name=sweep-{m}"])
-        loops[m] = setup(cfg, progress=False, splits={"train": train_table, "validation": eval_table})
+        cfg = load_config(
+            None,
+            [
+                f"model.name_or_path={spec['model_path']}",
+                f"model.max_length={spec['max_length']}",
+                f"train.per_device_batch_size={spec['plan']['batch_size']}",
+                "train.max_steps=100000",
+                f"train.pad_to_multiple_of={m}",
+                f"data.cache_dir={spec['cache_dir']}",
+                f"output_dir={workdir}",
+                f"run_name=sweep-{m}",
+            ],
+        )
+        loops[m] = setup(
+            cfg, progress=False, splits={"train": train_table, "validation": eval_table}
+        )
     precision = next(iter(loops.values())).precision
     train_enc = next(iter(loops.values())).train_enc
     per_round = {m: [] for m in loops}
@@ -125,9 +156,20 @@ def _pad_sweep(spec: dict, train_table, eval_table, workdir: Path) -> dict:
                 widths[m].add(min(spec["max_length"], -(-w // m) * m))
                 tokens += loop.train_step()[1]
             per_round[m].append(tokens / (time.perf_counter() - t0))
-    return {"multiples": sw["multiples"], "rounds": sw["rounds"], "steps": sw["steps"], "precision": precision,
-            "results": {str(m): {"tokens_per_s_by_round": v, "median_tokens_per_s": float(np.median(v[1:] if len(v) > 1 else v)),
-                                 "distinct_widths": len(widths[m])} for m, v in per_round.items()}}
+    return {
+        "multiples": sw["multiples"],
+        "rounds": sw["rounds"],
+        "steps": sw["steps"],
+        "precision": precision,
+        "results": {
+            str(m): {
+                "tokens_per_s_by_round": v,
+                "median_tokens_per_s": float(np.median(v[1:] if len(v) > 1 else v)),
+                "distinct_widths": len(widths[m]),
+            }
+            for m, v in per_round.items()
+        },
+    }
 
 
 def torch_cuda() -> bool:
@@ -136,7 +178,9 @@ def torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-_GPU_PEAK_MB_OUTSIDE = [0.0]  # GPU memory peak reached before a peak-FLOP/s measurement (which must not count)
+_GPU_PEAK_MB_OUTSIDE = [
+    0.0
+]  # GPU memory peak reached before a peak-FLOP/s measurement (which must not count)
 
 
 def _peak(precision: str, plan: Plan, device) -> dict:
@@ -144,7 +188,9 @@ def _peak(precision: str, plan: Plan, device) -> dict:
         return C.measure_peak_flops(precision, plan.peak_sizes, plan.peak_reps, device.type)
     import torch
 
-    _GPU_PEAK_MB_OUTSIDE[0] = max(_GPU_PEAK_MB_OUTSIDE[0], torch.cuda.max_memory_allocated() / 2**20)
+    _GPU_PEAK_MB_OUTSIDE[0] = max(
+        _GPU_PEAK_MB_OUTSIDE[0], torch.cuda.max_memory_allocated() / 2**20
+    )
     out = C.measure_peak_flops(precision, plan.peak_sizes, plan.peak_reps, device.type)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()  # the big test matrices are not the model's memory
@@ -155,23 +201,31 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _timing_summary(times: list[float], rows: list[int], tokens: list[int], widths: list[int]) -> dict:
+def _timing_summary(
+    times: list[float], rows: list[int], tokens: list[int], widths: list[int]
+) -> dict:
     total = sum(times)
     return {
-        "train_steps_timed": len(times), "train_seconds": total,
-        "train_samples_per_s": sum(rows) / total, "train_tokens_per_s": sum(tokens) / total,
+        "train_steps_timed": len(times),
+        "train_seconds": total,
+        "train_samples_per_s": sum(rows) / total,
+        "train_tokens_per_s": sum(tokens) / total,
         "train_padded_tokens_per_s": sum(w * r for w, r in zip(widths, rows)) / total,
         "train_step_seconds_median": float(np.median(times)),
-        "train_mean_tokens_per_sample": sum(tokens) / sum(rows), "train_mean_width": float(np.mean(widths)),
+        "train_mean_tokens_per_sample": sum(tokens) / sum(rows),
+        "train_mean_width": float(np.mean(widths)),
         "train_widths_seen": sorted(set(int(w) for w in widths)),
     }
 
 
 def _train_measure(step_fn, warm: int, steps: int):
-    """Run warm + steps steps; time the last ``steps``.  ``step_fn(i)`` -> (rows, real tokens, padded width, lengths)."""
+    """Run warm + steps steps; time the last ``steps``.  ``step_fn(i)`` -> (rows, real tokens,
+    padded width, lengths)."""
     import torch
 
-    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)  # GPU work is asynchronous
+    sync = (
+        torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+    )  # GPU work is asynchronous
     times, rows, tokens, widths, lengths = [], [], [], [], []
     for i in range(warm + steps):
         sync()
@@ -200,10 +254,18 @@ def _baseline(style, cfg, plan: Plan, tokenizer, train_enc, eval_enc, device) ->
     if style == "seed_notebook":
         collator = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
     else:
-        collator = DataCollatorWithPadding(tokenizer)  # padding=True: to the longest row of the batch
+        collator = DataCollatorWithPadding(
+            tokenizer
+        )  # padding=True: to the longest row of the batch
 
     def make_batch(enc, idx, with_labels=True):
-        feats = [{"input_ids": enc.ids[i].tolist(), **({"labels": int(enc.labels[i])} if with_labels else {})} for i in idx]
+        feats = [
+            {
+                "input_ids": enc.ids[i].tolist(),
+                **({"labels": int(enc.labels[i])} if with_labels else {}),
+            }
+            for i in idx
+        ]
         return {k: v.to(device) for k, v in collator(feats).items()}
 
     peak = _peak("fp32", plan, device)
@@ -211,20 +273,28 @@ def _baseline(style, cfg, plan: Plan, tokenizer, train_enc, eval_enc, device) ->
     model = apply_lora(load_base_model(cfg), cfg.lora).to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay
+    )
     warm, steps = plan.train[style]
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.06 * (warm + steps)), warm + steps)
-    batches = train_batches(train_enc.lengths, plan.batch_size, cfg.train.seed, 0, group_by_length=False)
+    batches = train_batches(
+        train_enc.lengths, plan.batch_size, cfg.train.seed, 0, group_by_length=False
+    )
     lengths_all = train_enc.lengths
 
     def step(i, idx=None):
         if idx is None:
             small_warmup = style == "seed_notebook" and plan.seed_warmup_rows and i < warm
             idx = batches[i][: plan.seed_warmup_rows] if small_warmup else batches[i]
-        micro = plan.seed_micro_batch if style == "seed_notebook" and plan.seed_micro_batch else len(idx)
+        micro = (
+            plan.seed_micro_batch
+            if style == "seed_notebook" and plan.seed_micro_batch
+            else len(idx)
+        )
         tokens = 0
         for start in range(0, len(idx), micro):
-            part = idx[start:start + micro]
+            part = idx[start : start + micro]
             batch = make_batch(train_enc, part)
             loss = model(**batch).loss * len(part) / len(idx)
             loss.backward()
@@ -253,7 +323,9 @@ def _baseline(style, cfg, plan: Plan, tokenizer, train_enc, eval_enc, device) ->
     def infer_pass(idx_all):
         with torch.no_grad():
             for s in range(0, len(idx_all), bs):
-                model(**make_batch(eval_enc, idx_all[s:s + bs], with_labels=False)).logits.float().cpu()
+                model(
+                    **make_batch(eval_enc, idx_all[s : s + bs], with_labels=False)
+                ).logits.float().cpu()
 
     infer_pass(np.arange(min(8, n_rows)))  # warm-up: one small batch
     pass_times = []
@@ -263,16 +335,28 @@ def _baseline(style, cfg, plan: Plan, tokenizer, train_enc, eval_enc, device) ->
         pass_times.append(time.perf_counter() - t0)
     res.update(_infer_summary(n_rows, pass_times, bs))
     res.update(_memory(device))
-    res.update({"precision": "fp32", "peak_flops": max(peak["flops"], peak_after["flops"]),
-                "peak_flops_detail": [peak, peak_after], "hf_config": model.config, "step_lengths": step_lengths,
-                "inference_model": "unmerged PEFT (LoRA side branches)"})
+    res.update(
+        {
+            "precision": "fp32",
+            "peak_flops": max(peak["flops"], peak_after["flops"]),
+            "peak_flops_detail": [peak, peak_after],
+            "hf_config": model.config,
+            "step_lengths": step_lengths,
+            "inference_model": "unmerged PEFT (LoRA side branches)",
+        }
+    )
     return res
 
 
 def _infer_summary(n_rows: int, pass_times: list[float], batch_size: int) -> dict:
     med = float(np.median(pass_times))
-    return {"infer_rows": n_rows, "infer_passes": len(pass_times), "infer_batch_size": batch_size,
-            "infer_seconds_median": med, "infer_samples_per_s": n_rows / med}
+    return {
+        "infer_rows": n_rows,
+        "infer_passes": len(pass_times),
+        "infer_batch_size": batch_size,
+        "infer_seconds_median": med,
+        "infer_samples_per_s": n_rows / med,
+    }
 
 
 def _memory(device) -> dict:
@@ -280,7 +364,9 @@ def _memory(device) -> dict:
 
     out = {"peak_rss_mb": round(_rss_mb(), 1)}
     if device.type == "cuda":
-        out["peak_gpu_mb"] = round(max(_GPU_PEAK_MB_OUTSIDE[0], torch.cuda.max_memory_allocated() / 2**20), 1)
+        out["peak_gpu_mb"] = round(
+            max(_GPU_PEAK_MB_OUTSIDE[0], torch.cuda.max_memory_allocated() / 2**20), 1
+        )
     return out
 
 
@@ -318,7 +404,9 @@ def _ours(cfg, plan: Plan, train_table, eval_table, device) -> dict:
     schedule = warm_steps + sample
 
     def step(i):
-        loop.step = schedule[i] if i is not None else loop.step  # data (and dropout) of that step of the epoch
+        loop.step = (
+            schedule[i] if i is not None else loop.step
+        )  # data (and dropout) of that step of the epoch
         idx = np.concatenate(loop.micro_batches(loop.step))
         _, n_tokens, n_rows = loop.train_step()
         lens = lengths_all[idx]
@@ -328,9 +416,13 @@ def _ours(cfg, plan: Plan, train_table, eval_table, device) -> dict:
     times, rows, tokens, widths, step_lengths = _train_measure(step, len(warm_steps), len(sample))
     peak_after = _peak(precision, plan, device)
     res = _timing_summary(times, rows, tokens, widths)
-    res["train_timed_steps"] = f"{len(sample)} steps evenly spaced over epoch 0 (after {len(warm_steps)} warm-up steps, one per width)"
+    res["train_timed_steps"] = (
+        f"{len(sample)} steps evenly spaced over epoch 0 (after {len(warm_steps)} warm-up steps, one per width)"
+    )
     # peak memory over an epoch is set by its widest batch: run the real train_step on it once (untimed)
-    epoch_batches = train_batches(lengths_all, cfg.train.per_device_batch_size, cfg.train.seed, 0, cfg.train.group_by_length)
+    epoch_batches = train_batches(
+        lengths_all, cfg.train.per_device_batch_size, cfg.train.seed, 0, cfg.train.group_by_length
+    )
     widest = max(epoch_batches, key=lambda b: (int(lengths_all[b].max()), len(b)))
     loop.micro_batches = lambda step: [widest]
     res["memory_probe_width"] = step(None)[2]
@@ -338,17 +430,25 @@ def _ours(cfg, plan: Plan, train_table, eval_table, device) -> dict:
 
     # inference: the fp32 merged model exactly as export writes merged/, prepared as Predictor.from_run does
     peft_model = acc.unwrap_model(loop.model, keep_fp32_wrapper=False)
-    del loop
+    loop = None  # frees the training state before the inference timing
     merged = fp32_for_export(cfg, peft_model).merge_and_unload()
     del peft_model
     served = merged
-    if resolve_precision("auto", device.type) == "bf16":  # as Predictor.from_run: the whole model in bf16
+    if (
+        resolve_precision("auto", device.type) == "bf16"
+    ):  # as Predictor.from_run: the whole model in bf16
         import copy
 
         from agnews_lora.prediction import prepare_for_inference
 
         served = prepare_for_inference(copy.deepcopy(merged), "bf16")
-    predictor = Predictor.from_model(served, tokenizer, cfg.data.label_names, cfg.model.max_length, batch_size=cfg.train.eval_batch_size)
+    predictor = Predictor.from_model(
+        served,
+        tokenizer,
+        cfg.data.label_names,
+        cfg.model.max_length,
+        batch_size=cfg.train.eval_batch_size,
+    )
     n_rows, passes = plan.infer["ours"]
     texts = eval_table.texts[:n_rows]
     predictor.logits(texts)  # warm-up: sees every padded shape once
@@ -358,10 +458,20 @@ def _ours(cfg, plan: Plan, train_table, eval_table, device) -> dict:
         logits, _ = predictor.logits(texts)
         pass_times.append(time.perf_counter() - t0)
     res.update(_infer_summary(len(texts), pass_times, cfg.train.eval_batch_size))
-    res.update(_memory(device))  # peak memory of the measured work only; the extras below add copies
-    res.update({"precision": precision, "peak_flops": max(peak["flops"], peak_after["flops"]),
-                "peak_flops_detail": [peak, peak_after], "hf_config": merged.config, "step_lengths": step_lengths,
-                "inference_model": "merged (no LoRA branches), Predictor", "infer_precision": predictor.precision})
+    res.update(
+        _memory(device)
+    )  # peak memory of the measured work only; the extras below add copies
+    res.update(
+        {
+            "precision": precision,
+            "peak_flops": max(peak["flops"], peak_after["flops"]),
+            "peak_flops_detail": [peak, peak_after],
+            "hf_config": merged.config,
+            "step_lengths": step_lengths,
+            "inference_model": "merged (no LoRA branches), Predictor",
+            "infer_precision": predictor.precision,
+        }
+    )
 
     if plan.extras and device.type == "cpu":
         res.update(_extras(predictor, merged, tokenizer, cfg, eval_enc, texts, logits, device))
@@ -375,9 +485,23 @@ def _extras(predictor, merged, tokenizer, cfg, eval_enc, texts, logits_bf16, dev
     from agnews_lora.prediction import Predictor, batched_logits, encode_texts
 
     enc, _ = encode_texts(tokenizer, texts, cfg.model.max_length)
-    _, logits_fp32 = batched_logits(merged, enc, cfg.train.eval_batch_size, predictor.pad_id, device, max_length=cfg.model.max_length)
+    _, logits_fp32 = batched_logits(
+        merged,
+        enc,
+        cfg.train.eval_batch_size,
+        predictor.pad_id,
+        device,
+        max_length=cfg.model.max_length,
+    )
     q = torch.ao.quantization.quantize_dynamic(merged, {torch.nn.Linear}, dtype=torch.qint8)
-    qp = Predictor.from_model(q, tokenizer, cfg.data.label_names, cfg.model.max_length, cfg.train.eval_batch_size, quantized=True)
+    qp = Predictor.from_model(
+        q,
+        tokenizer,
+        cfg.data.label_names,
+        cfg.model.max_length,
+        cfg.train.eval_batch_size,
+        quantized=True,
+    )
     qp.logits(texts)
     times = []
     for _ in range(2):

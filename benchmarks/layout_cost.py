@@ -32,12 +32,14 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # a CPU benchmark unless aske
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("tiny", "minilm", "roberta-base-shape"), default="minilm")
-    p.add_argument("--steps", type=int, default=8,
-                   help="timed steps per layout (after as many warm-up)")
+    p.add_argument(
+        "--steps", type=int, default=8, help="timed steps per layout (after as many warm-up)"
+    )
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--targets", default="query,value", help="lora.target_modules")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     args = p.parse_args(argv)
 
     import throughput as T
@@ -58,12 +60,21 @@ def main(argv=None) -> int:
     for label, layers in planner.layer_subsets():
         settings = LoraSettings(r=args.rank, target_modules=targets, layers=layers)
         modelled = planner.layout(settings, 10**9).step_cost
-        cfg = load_config(None, [
-            f"model.name_or_path={model_path}", "model.max_length=128", f"output_dir={work}",
-            f"run_name=layout-{len(results)}", f"data.cache_dir={work / 'cache'}",
-            f"lora.r={args.rank}",
-            f"lora.target_modules=[{', '.join(targets)}]", f"lora.layers={layers or 'null'}",
-            "budget.max_trainable_params=100000000", *args.set])
+        cfg = load_config(
+            None,
+            [
+                f"model.name_or_path={model_path}",
+                "model.max_length=128",
+                f"output_dir={work}",
+                f"run_name=layout-{len(results)}",
+                f"data.cache_dir={work / 'cache'}",
+                f"lora.r={args.rank}",
+                f"lora.target_modules=[{', '.join(targets)}]",
+                f"lora.layers={layers or 'null'}",
+                "budget.max_trainable_params=100000000",
+                *args.set,
+            ],
+        )
         loop = setup(cfg, progress=False, splits={"train": rows, "validation": rows})
         spread = [i * loop.steps_per_epoch // args.steps for i in range(args.steps)]
 
@@ -80,16 +91,24 @@ def main(argv=None) -> int:
         print(f"  {label}: {seconds * 1e3:.0f} ms/step", file=sys.stderr, flush=True)
 
     info = machine_info()
-    print(f"{desc}; rows: {source}; {args.targets} r={args.rank}, batch "
-          f"{cfg.train.per_device_batch_size}, precision {loop.precision}")
-    print(f"cpu: {info['cpu']} ({info['logical_cpus']} logical, torch threads "
-          f"{info['torch_threads']}); load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{desc}; rows: {source}; {args.targets} r={args.rank}, batch "
+        f"{cfg.train.per_device_batch_size}, precision {loop.precision}"
+    )
+    print(
+        f"cpu: {info['cpu']} ({info['logical_cpus']} logical, torch threads "
+        f"{info['torch_threads']}); load average {os.getloadavg()[0]:.1f}"
+    )
     base_model, base_time = results[0][1], results[0][2]
-    print(f"{'layers':<22} {'modelled':>9} {'ms/step':>9} {'modelled vs all':>16} "
-          f"{'measured vs all':>16}")
+    print(
+        f"{'layers':<22} {'modelled':>9} {'ms/step':>9} {'modelled vs all':>16} "
+        f"{'measured vs all':>16}"
+    )
     for label, modelled, seconds in results:
-        print(f"{label:<22} {modelled:>9.2f} {seconds * 1e3:>9.0f} {modelled / base_model:>16.2f} "
-              f"{seconds / base_time:>16.2f}")
+        print(
+            f"{label:<22} {modelled:>9.2f} {seconds * 1e3:>9.0f} {modelled / base_model:>16.2f} "
+            f"{seconds / base_time:>16.2f}"
+        )
     return 0
 
 

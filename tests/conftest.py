@@ -18,10 +18,18 @@ SHARED_AGNEWS = ROOT.parent / "shared" / "data" / "agnews" / "train.csv"
 def tiny_overrides(model_dir: Path, train_csv: Path, tmp: Path, **extra) -> list[str]:
     """--set overrides for a fast, deterministic tiny run (about a second of training)."""
     sets = {
-        "model.name_or_path": str(model_dir), "model.max_length": 64, "data.train_file": str(train_csv),
-        "data.val_size": 0.1, "data.cache_dir": str(tmp / "cache"), "train.max_steps": 120, "train.eval_every": 40,
-        "train.log_every": 20, "train.per_device_batch_size": 16, "train.eval_batch_size": 64,
-        "train.learning_rate": 1e-2, "output_dir": str(tmp / "runs"),
+        "model.name_or_path": str(model_dir),
+        "model.max_length": 64,
+        "data.train_file": str(train_csv),
+        "data.val_size": 0.1,
+        "data.cache_dir": str(tmp / "cache"),
+        "train.max_steps": 120,
+        "train.eval_every": 40,
+        "train.log_every": 20,
+        "train.per_device_batch_size": 16,
+        "train.eval_batch_size": 64,
+        "train.learning_rate": 1e-2,
+        "output_dir": str(tmp / "runs"),
     }
     sets.update(extra)
     return [f"{k}={v}" for k, v in sets.items()]
@@ -53,6 +61,13 @@ def trained_run(tiny_model_dir, data_dir, tmp_path_factory) -> Path:
     from agnews_lora.training import train
 
     tmp = tmp_path_factory.mktemp("trained")
-    cfg = load_config(None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp,
-                                           **{"data.test_file": str(data_dir / "test.csv"), "run_name": "tiny-run"}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tiny_model_dir,
+            data_dir / "train.csv",
+            tmp,
+            **{"data.test_file": str(data_dir / "test.csv"), "run_name": "tiny-run"},
+        ),
+    )
     return train(cfg, progress=False).dir

@@ -73,18 +73,42 @@ class FakeHub:
                     return self._send(200, {"errors": [], "warnings": []})
                 if path.startswith("/api/models/") and "/preupload/" in path:
                     files = json.loads(body)["files"]
-                    return self._send(200, {"files": [
-                        {"path": f["path"], "shouldIgnore": False,
-                         "uploadMode": "lfs" if f["path"].endswith(".safetensors") else "regular"}
-                        for f in files]})
+                    return self._send(
+                        200,
+                        {
+                            "files": [
+                                {
+                                    "path": f["path"],
+                                    "shouldIgnore": False,
+                                    "uploadMode": "lfs"
+                                    if f["path"].endswith(".safetensors")
+                                    else "regular",
+                                }
+                                for f in files
+                            ]
+                        },
+                    )
                 if path.endswith(".git/info/lfs/objects/batch"):
                     req = json.loads(body)
-                    return self._send(200, {"transfer": "basic", "objects": [
-                        {"oid": o["oid"], "size": o["size"], "authenticated": True,
-                         "actions": {"upload": {"href": f"{hub.url}/lfs-upload/{o['oid']}"}}}
-                        for o in req["objects"]]})
+                    return self._send(
+                        200,
+                        {
+                            "transfer": "basic",
+                            "objects": [
+                                {
+                                    "oid": o["oid"],
+                                    "size": o["size"],
+                                    "authenticated": True,
+                                    "actions": {
+                                        "upload": {"href": f"{hub.url}/lfs-upload/{o['oid']}"}
+                                    },
+                                }
+                                for o in req["objects"]
+                            ],
+                        },
+                    )
                 if path.startswith("/api/models/") and "/commit/" in path:
-                    repo = path[len("/api/models/"):].split("/commit/")[0]
+                    repo = path[len("/api/models/") :].split("/commit/")[0]
                     files = {}
                     for line in body.decode().splitlines():
                         item = json.loads(line)
@@ -94,8 +118,13 @@ class FakeHub:
                         elif item["key"] == "lfsFile":
                             files[v["path"]] = hub.lfs[v["oid"]]
                     hub.repos.setdefault(repo, {}).update(files)
-                    return self._send(200, {"commitUrl": f"{hub.url}/{repo}/commit/abc123",
-                                            "commitOid": "abc123" + "0" * 34})
+                    return self._send(
+                        200,
+                        {
+                            "commitUrl": f"{hub.url}/{repo}/commit/abc123",
+                            "commitOid": "abc123" + "0" * 34,
+                        },
+                    )
                 hub.unknown.append(("POST", self.path))
                 self._send(404, {"error": f"not in the fake hub: {self.path}"})
 

@@ -77,7 +77,7 @@ class ServerProcess:
         self.url: str | None = None
         self.port: int | None = None
 
-    def ready(self, timeout: float = 120.0) -> "ServerProcess":
+    def ready(self, timeout: float = 120.0) -> ServerProcess:
         import httpx
 
         deadline = time.monotonic() + timeout

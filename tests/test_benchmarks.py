@@ -16,39 +16,82 @@ def test_throughput_quick_tiny_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the machine running the tests may be shared
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--model", "tiny", "--quick",
-                           "--json", str(out)], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "throughput.py"),
+            "--model",
+            "tiny",
+            "--quick",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ours/seed_notebook" in proc.stdout  # the printed table
     report = json.loads(out.read_text())
 
     for style in STYLES:
         r = report[style]
-        for key in ("train_samples_per_s", "train_tokens_per_s", "infer_samples_per_s", "peak_rss_mb"):
+        for key in (
+            "train_samples_per_s",
+            "train_tokens_per_s",
+            "infer_samples_per_s",
+            "peak_rss_mb",
+        ):
             assert isinstance(r[key], (int, float)) and r[key] > 0, (style, key, r[key])
         assert r["train_tokens_per_s"] > r["train_samples_per_s"]
-    assert report["seed_notebook"]["precision"] == "fp32" and report["trainer"]["precision"] == "fp32"
+    assert (
+        report["seed_notebook"]["precision"] == "fp32" and report["trainer"]["precision"] == "fp32"
+    )
     assert report["ours"]["precision"] in ("bf16", "fp32")
     assert report["ours"]["inference_model"].startswith("merged")
 
     for key in ("train_vs_seed_notebook", "train_vs_trainer", "infer_vs_seed_notebook"):
         assert report["ratios"][key] > 0
     assert 0 < report["mfu"] < 1
-    assert report["peak_flops"] > 0 and report["peak_flops"] == report["peak_flops_by_dtype"][report["ours"]["precision"]]
+    assert (
+        report["peak_flops"] > 0
+        and report["peak_flops"] == report["peak_flops_by_dtype"][report["ours"]["precision"]]
+    )
     assert report["data"]["token_cache"]["cache_hit"] is True
     # seed-notebook style pads every row to max_length: far more padded than real tokens
     seed = report["seed_notebook"]
     assert seed["train_mean_width"] == report["settings"]["max_length"]
     assert seed["train_padded_tokens_per_s"] > 1.5 * seed["train_tokens_per_s"]
     max_length = report["settings"]["max_length"]
-    assert all(w % 16 == 0 or w == max_length for w in report["ours"]["train_widths_seen"])  # pad to a multiple of 16
+    assert all(
+        w % 16 == 0 or w == max_length for w in report["ours"]["train_widths_seen"]
+    )  # pad to a multiple of 16
     assert len(report["loadavg_start"]) == 3
 
 
 def test_profile_step_tiny_prints_where_the_time_goes():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_WAIT_POLICY="PASSIVE")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--model", "tiny", "--steps", "2",
-                           "--first-step", "3"], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_WAIT_POLICY="PASSIVE"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "profile_step.py"),
+            "--model",
+            "tiny",
+            "--steps",
+            "2",
+            "--first-step",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "dropout fast-cpu" in out and "ms/step (profiled)" in out and "matrix products" in out

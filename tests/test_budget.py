@@ -2,7 +2,7 @@ import pytest
 from transformers import RobertaConfig
 
 from agnews_lora.budget import check_budget
-from agnews_lora.config import apply_overrides, Config
+from agnews_lora.config import Config, apply_overrides
 from agnews_lora.errors import UserError
 from agnews_lora.training import plan_counts
 
@@ -15,9 +15,14 @@ def roberta_base_shape(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("targets, expected_lora", [("[query,key,value]", 221_184), ("[query,value]", 147_456)])
+@pytest.mark.parametrize(
+    "targets, expected_lora", [("[query,key,value]", 221_184), ("[query,value]", 147_456)]
+)
 def test_seed_budget_figures_are_exact(roberta_base_shape, targets, expected_lora):
-    cfg = apply_overrides(Config(), [f"model.name_or_path={roberta_base_shape}", "lora.r=4", f"lora.target_modules={targets}"])
+    cfg = apply_overrides(
+        Config(),
+        [f"model.name_or_path={roberta_base_shape}", "lora.r=4", f"lora.target_modules={targets}"],
+    )
     counts = plan_counts(cfg)
     assert counts.head == 593_668
     assert counts.lora == expected_lora
@@ -33,20 +38,50 @@ def test_default_recipe_fits_the_budget(roberta_base_shape):
 
 
 def test_layer_subset_and_lora_bias_are_counted(roberta_base_shape):
-    half = plan_counts(apply_overrides(Config(), [f"model.name_or_path={roberta_base_shape}", "lora.r=4", "lora.layers=[6,7,8,9,10,11]"]))
+    half = plan_counts(
+        apply_overrides(
+            Config(),
+            [f"model.name_or_path={roberta_base_shape}", "lora.r=4", "lora.layers=[6,7,8,9,10,11]"],
+        )
+    )
     assert half.lora == 6 * 2 * 4 * 1536
-    bias = plan_counts(apply_overrides(Config(), [f"model.name_or_path={roberta_base_shape}", "lora.r=4", "lora.bias=lora_only"]))
+    bias = plan_counts(
+        apply_overrides(
+            Config(),
+            [f"model.name_or_path={roberta_base_shape}", "lora.r=4", "lora.bias=lora_only"],
+        )
+    )
     assert bias.other == 12 * 2 * 768  # the biases of the adapted query/value layers
 
 
 def test_over_budget_is_a_user_error(roberta_base_shape):
-    counts = plan_counts(apply_overrides(Config(), [f"model.name_or_path={roberta_base_shape}", "lora.r=64",
-                                                    "lora.target_modules=[query,key,value]"]))
-    with pytest.raises(UserError, match=r"over budget: 4,132,612 trainable parameters \(LoRA 3,538,944 \+ head 593,668\) > budget.max_trainable_params 1,000,000"):
+    counts = plan_counts(
+        apply_overrides(
+            Config(),
+            [
+                f"model.name_or_path={roberta_base_shape}",
+                "lora.r=64",
+                "lora.target_modules=[query,key,value]",
+            ],
+        )
+    )
+    with pytest.raises(
+        UserError,
+        match=r"over budget: 4,132,612 trainable parameters \(LoRA 3,538,944 \+ head 593,668\) > "
+        r"budget.max_trainable_params 1,000,000",
+    ):
         check_budget(counts, 1_000_000)
     check_budget(counts, counts.trainable)  # exactly at the budget is fine
 
 
 def test_lora_on_the_classifier_head_is_refused(roberta_base_shape):
     with pytest.raises(UserError, match="classifier head"):
-        plan_counts(apply_overrides(Config(), [f"model.name_or_path={roberta_base_shape}", "lora.target_modules=[query,out_proj]"]))
+        plan_counts(
+            apply_overrides(
+                Config(),
+                [
+                    f"model.name_or_path={roberta_base_shape}",
+                    "lora.target_modules=[query,out_proj]",
+                ],
+            )
+        )

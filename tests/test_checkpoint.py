@@ -49,16 +49,28 @@ def _one_line(err: str) -> str:
 
 def test_a_state_round_trips_without_unpickling(tmp_path, monkeypatch):
     model = torch.nn.Linear(3, 2)
-    opt = torch.optim.AdamW([{"params": [model.weight], "weight_decay": 0.01},
-                             {"params": [model.bias], "weight_decay": 0.0}], lr=1e-3)
+    opt = torch.optim.AdamW(
+        [
+            {"params": [model.weight], "weight_decay": 0.01},
+            {"params": [model.bias], "weight_decay": 0.0},
+        ],
+        lr=1e-3,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
     sched.step()
-    state = {"step": 7, "trainable": {"w": model.weight.detach().clone()}, "best_state": None,
-             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best_acc": 0.5,
-             "best_metrics": {"val_accuracy": 0.5, "val_loss": float("nan")}, "finished": False,
-             "last_eval": {"accuracy": 0.5, "per_class": [0.1, 0.2]}}
+    state = {
+        "step": 7,
+        "trainable": {"w": model.weight.detach().clone()},
+        "best_state": None,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "best_acc": 0.5,
+        "best_metrics": {"val_accuracy": 0.5, "val_loss": float("nan")},
+        "finished": False,
+        "last_eval": {"accuracy": 0.5, "per_class": [0.1, 0.2]},
+    }
     path = ckpt.save_checkpoint(tmp_path / "checkpoints", 7, state, keep=2)
     files = sorted(p.name for p in path.iterdir())
     assert files == ["meta.json", "state.json", "tensors.safetensors"]
@@ -98,8 +110,10 @@ def test_a_crafted_checkpoint_is_refused_and_never_runs(variant, trained_run, tm
         (step / "state.pt").write_bytes(bad)
         meta = {"format": 1, "step": 10, "sha256": _sha(bad)}
     else:
-        files = {"state.json": json.dumps({"format": ckpt.FORMAT, "state": {}}).encode(),
-                 "tensors.safetensors": b"\0" * 16}
+        files = {
+            "state.json": json.dumps({"format": ckpt.FORMAT, "state": {}}).encode(),
+            "tensors.safetensors": b"\0" * 16,
+        }
         files[variant] = bad
         for f, data in files.items():
             (step / f).write_bytes(data)
@@ -116,8 +130,9 @@ def test_a_crafted_checkpoint_is_refused_and_never_runs(variant, trained_run, tm
     assert not marker.exists(), "the checkpoint's pickle payload ran"
 
 
-def test_a_run_killed_before_its_first_checkpoint_gets_non_circular_advice(trained_run, tmp_path,
-                                                                          capsys):
+def test_a_run_killed_before_its_first_checkpoint_gets_non_circular_advice(
+    trained_run, tmp_path, capsys
+):
     run_dir = _unfinished_run(trained_run, tmp_path, "early")
     delete = f"delete it (`rm -r {run_dir}`) and train again"
 
@@ -130,8 +145,16 @@ def test_a_run_killed_before_its_first_checkpoint_gets_non_circular_advice(train
     assert "no checkpoint to resume from" in line and delete in line
     assert "checkpoint_every" not in line
 
-    again = ["train", "--config", str(run_dir / "config.yaml"), "--set", "run_name=early",
-             "--set", f"output_dir={tmp_path / 'runs'}", "--no-progress"]
+    again = [
+        "train",
+        "--config",
+        str(run_dir / "config.yaml"),
+        "--set",
+        "run_name=early",
+        "--set",
+        f"output_dir={tmp_path / 'runs'}",
+        "--no-progress",
+    ]
     assert main(again) == 2
     line = _one_line(capsys.readouterr().err)
     assert "already exists with an unfinished run" in line and delete in line

@@ -23,19 +23,36 @@ def _files(root: Path) -> set[str]:
 
 
 def test_train_evaluate_predict_end_to_end(tiny_model_dir, data_dir, tmp_path, capsys):
-    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path,
-                          **{"data.test_file": str(data_dir / "test.csv"), "run_name": "e2e"})
+    sets = tiny_overrides(
+        tiny_model_dir,
+        data_dir / "train.csv",
+        tmp_path,
+        **{"data.test_file": str(data_dir / "test.csv"), "run_name": "e2e"},
+    )
     assert main(["train", "--no-progress", *_sets(sets)]) == 0
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "e2e"
     assert f"run            {run}" in out and "best val" in out
 
     files = _files(run)
-    expected = {"config.yaml", "metrics.jsonl", "summary.json", "plots/loss_curves.png", "plots/accuracy_curve.png",
-                "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer.json",
-                "adapter/tokenizer_config.json", "adapter/README.md", "merged/config.json", "merged/model.safetensors",
-                "merged/tokenizer.json", "merged/tokenizer_config.json", "report.html",
-                "merged/README.md"}
+    expected = {
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "plots/loss_curves.png",
+        "plots/accuracy_curve.png",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tokenizer.json",
+        "adapter/tokenizer_config.json",
+        "adapter/README.md",
+        "merged/config.json",
+        "merged/model.safetensors",
+        "merged/tokenizer.json",
+        "merged/tokenizer_config.json",
+        "report.html",
+        "merged/README.md",
+    }
     assert files == expected, files ^ expected
 
     summary = json.loads((run / "summary.json").read_text())
@@ -56,7 +73,11 @@ def test_train_evaluate_predict_end_to_end(tiny_model_dir, data_dir, tmp_path, c
 
     assert main(["evaluate", str(run)]) == 0
     assert "accuracy" in capsys.readouterr().out
-    assert _files(run / "eval") == {"test/metrics.json", "test/classification_report.txt", "test/confusion_matrix.png"}
+    assert _files(run / "eval") == {
+        "test/metrics.json",
+        "test/classification_report.txt",
+        "test/confusion_matrix.png",
+    }
     metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     assert metrics["rows"] == 200 and 0.4 < metrics["accuracy"] <= 1 and "macro_f1" in metrics
     assert sum(map(sum, metrics["confusion_matrix"])) == 200
@@ -67,7 +88,12 @@ def test_train_evaluate_predict_end_to_end(tiny_model_dir, data_dir, tmp_path, c
     assert (run / "eval" / "train" / "metrics.json").is_file()
 
     sub = tmp_path / "submission.csv"
-    assert main(["predict", str(run), "--input", str(data_dir / "unlabelled.csv"), "--output", str(sub)]) == 0
+    assert (
+        main(
+            ["predict", str(run), "--input", str(data_dir / "unlabelled.csv"), "--output", str(sub)]
+        )
+        == 0
+    )
     with sub.open() as fh:
         table = list(csv.reader(fh))
     assert table[0] == ["ID", "Label"] and len(table) == 51
@@ -75,11 +101,32 @@ def test_train_evaluate_predict_end_to_end(tiny_model_dir, data_dir, tmp_path, c
     assert all(r[1] in {"0", "1", "2", "3"} for r in table[1:])
 
     sub2 = tmp_path / "with-probs.csv"
-    assert main(["predict", str(run), "--input", str(data_dir / "unlabelled.csv"), "--output", str(sub2),
-                 "--probabilities", "--label-names"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                "--input",
+                str(data_dir / "unlabelled.csv"),
+                "--output",
+                str(sub2),
+                "--probabilities",
+                "--label-names",
+            ]
+        )
+        == 0
+    )
     with sub2.open() as fh:
         table2 = list(csv.reader(fh))
-    assert table2[0] == ["ID", "Label", "LabelName", "p_World", "p_Sports", "p_Business", "p_Sci/Tech"]
+    assert table2[0] == [
+        "ID",
+        "Label",
+        "LabelName",
+        "p_World",
+        "p_Sports",
+        "p_Business",
+        "p_Sci/Tech",
+    ]
     assert [r[1] for r in table2[1:]] == [r[1] for r in table[1:]]
     assert all(abs(sum(map(float, r[3:])) - 1) < 1e-4 for r in table2[1:])
 
@@ -99,7 +146,20 @@ def test_kaggle_pickle_round_trips_to_id_label(trained_run, tmp_path, capsys):
     assert main(["predict", str(trained_run), "--input", str(pkl), "--output", str(out)]) == 2
     assert "--trust-pickle" in capsys.readouterr().err and not out.exists()
 
-    assert main(["predict", str(trained_run), "--input", str(pkl), "--output", str(out), "--trust-pickle"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(trained_run),
+                "--input",
+                str(pkl),
+                "--output",
+                str(out),
+                "--trust-pickle",
+            ]
+        )
+        == 0
+    )
     with out.open() as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["ID"]) for r in rows] == list(range(40))
@@ -107,10 +167,14 @@ def test_kaggle_pickle_round_trips_to_id_label(trained_run, tmp_path, capsys):
 
 
 def test_over_budget_exits_2_before_training(tiny_model_dir, data_dir, tmp_path, capsys):
-    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **{"budget.max_trainable_params": 1000})
+    sets = tiny_overrides(
+        tiny_model_dir, data_dir / "train.csv", tmp_path, **{"budget.max_trainable_params": 1000}
+    )
     assert main(["train", "--no-progress", *_sets(sets)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: over budget: 3,236 trainable parameters (LoRA 2,048 + head 1,188)")
+    assert err.startswith(
+        "error: over budget: 3,236 trainable parameters (LoRA 2,048 + head 1,188)"
+    )
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()  # nothing started, nothing written
 
@@ -122,10 +186,22 @@ def _write(path: Path, text: str | bytes) -> Path:
 
 BAD_TRAIN_FILES = {
     "missing file": (None, "not found"),
-    "wrong columns": ("headline,label\nStocks rally,2\n", "has no 'text' column (nor 'title' + 'description'); columns found: headline, label"),
-    "label out of range": ("text,label\n" + "Stocks rally,2\n" * 20 + "Rain today,7\n", "has label 7, outside the label set 0..3"),
-    "unknown label name": ("text,label\n" + "Stocks rally,Business\n" * 20 + "Rain today,Weather\n", "has label 'Weather', which is not one of"),
-    "empty text": ("text,label\n" + "Stocks rally,2\n" * 20 + '"  ",1\n', "row(s) have an empty or missing text"),
+    "wrong columns": (
+        "headline,label\nStocks rally,2\n",
+        "has no 'text' column (nor 'title' + 'description'); columns found: headline, label",
+    ),
+    "label out of range": (
+        "text,label\n" + "Stocks rally,2\n" * 20 + "Rain today,7\n",
+        "has label 7, outside the label set 0..3",
+    ),
+    "unknown label name": (
+        "text,label\n" + "Stocks rally,Business\n" * 20 + "Rain today,Weather\n",
+        "has label 'Weather', which is not one of",
+    ),
+    "empty text": (
+        "text,label\n" + "Stocks rally,2\n" * 20 + '"  ",1\n',
+        "row(s) have an empty or missing text",
+    ),
     "not utf-8": (b"text,label\n" + b"Caf\xe9 opens,2\n" * 20, "is not UTF-8 text"),
     "no label column": ("text\nStocks rally\n", "has no 'label' column"),
     "unsupported extension": ("x", "unsupported extension"),
@@ -149,7 +225,13 @@ def test_bad_training_data_gets_one_line_and_exit_2(case, tiny_model_dir, tmp_pa
 def test_title_description_and_named_labels_are_accepted(tiny_model_dir, tmp_path):
     from agnews_lora.data import read_table
 
-    path = _write(tmp_path / "td.jsonl", "\n".join(json.dumps({"title": f"T{i}", "description": "oil prices", "label": "Business"}) for i in range(3)))
+    path = _write(
+        tmp_path / "td.jsonl",
+        "\n".join(
+            json.dumps({"title": f"T{i}", "description": "oil prices", "label": "Business"})
+            for i in range(3)
+        ),
+    )
     table = read_table(path, ["World", "Sports", "Business", "Sci/Tech"])
     assert table.texts[0] == "T0 oil prices" and list(table.labels) == [2, 2, 2]
 
@@ -160,27 +242,53 @@ def test_config_errors(tmp_path, capsys):
     assert "not valid YAML at line" in capsys.readouterr().err
     unknown = _write(tmp_path / "unknown.yaml", "train:\n  lerning_rate: 1e-4\n")
     assert main(["train", "--config", str(unknown)]) == 2
-    assert "unknown config key 'train.lerning_rate' (did you mean 'learning_rate'?)" in capsys.readouterr().err
+    assert (
+        "unknown config key 'train.lerning_rate' (did you mean 'learning_rate'?)"
+        in capsys.readouterr().err
+    )
     assert main(["train", "--set", "lora.rank=4"]) == 2
     assert "did you mean 'r'" in capsys.readouterr().err
     assert main(["train", "--bogus-flag"]) == 2  # argparse usage error
 
 
 def test_missing_model_path_and_unreachable_hub(data_dir, tmp_path, capsys):
-    base = ["train", "--no-progress", "--set", f"data.train_file={data_dir / 'train.csv'}", "--set", f"output_dir={tmp_path / 'runs'}"]
+    base = [
+        "train",
+        "--no-progress",
+        "--set",
+        f"data.train_file={data_dir / 'train.csv'}",
+        "--set",
+        f"output_dir={tmp_path / 'runs'}",
+    ]
     assert main(base + ["--set", f"model.name_or_path={tmp_path / 'no-such-model'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
     # HF_HUB_OFFLINE=1 (conftest) makes the Hub unreachable, as on these machines
     assert main(base + ["--set", "model.name_or_path=roberta-base"]) == 2
     err = capsys.readouterr().err
-    assert "could not load 'roberta-base' from the Hugging Face Hub" in err and "configs/offline-minilm.yaml" in err
+    assert (
+        "could not load 'roberta-base' from the Hugging Face Hub" in err
+        and "configs/offline-minilm.yaml" in err
+    )
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 
 
 def test_unreachable_hub_dataset(tiny_model_dir, tmp_path, capsys):
-    assert main(["train", "--no-progress", "--set", f"model.name_or_path={tiny_model_dir}", "--set", f"output_dir={tmp_path}",
-                 "--set", "model.max_length=64"]) == 2  # within the tiny model's 128 positions
+    assert (
+        main(
+            [
+                "train",
+                "--no-progress",
+                "--set",
+                f"model.name_or_path={tiny_model_dir}",
+                "--set",
+                f"output_dir={tmp_path}",
+                "--set",
+                "model.max_length=64",
+            ]
+        )
+        == 2
+    )  # within the tiny model's 128 positions
     err = capsys.readouterr().err
     assert "could not load dataset 'fancyzhx/ag_news'" in err and "data.train_file" in err
 
@@ -218,7 +326,12 @@ def test_corrupt_or_foreign_run_directories(trained_run, tmp_path, capsys):
 
 
 def test_evaluate_needs_a_test_split_for_local_runs(tiny_model_dir, data_dir, tmp_path, capsys):
-    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **{"run_name": "no-test", "train.max_steps": 5, "train.eval_every": 5})
+    sets = tiny_overrides(
+        tiny_model_dir,
+        data_dir / "train.csv",
+        tmp_path,
+        **{"run_name": "no-test", "train.max_steps": 5, "train.eval_every": 5},
+    )
     assert main(["train", "--no-progress", *_sets(sets)]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "runs" / "no-test")]) == 2
@@ -229,7 +342,12 @@ def test_existing_run_name_is_not_overwritten(trained_run, capsys):
     import yaml
 
     cfg = yaml.safe_load((trained_run / "config.yaml").read_text())
-    sets = [f"{sec}.{k}={json.dumps(v)}" for sec, body in cfg.items() if isinstance(body, dict) for k, v in body.items()]
+    sets = [
+        f"{sec}.{k}={json.dumps(v)}"
+        for sec, body in cfg.items()
+        if isinstance(body, dict)
+        for k, v in body.items()
+    ]
     sets += [f"output_dir={cfg['output_dir']}", f"run_name={cfg['run_name']}"]
     assert main(["train", "--no-progress", *_sets(sets)]) == 2
     assert "already exists" in capsys.readouterr().err
@@ -243,16 +361,25 @@ def test_int8_evaluation_reports_its_accuracy_delta_without_library_noise(traine
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
-    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONWARNINGS"}  # what a user's shell shows
+    env = {
+        k: v for k, v in __import__("os").environ.items() if k != "PYTHONWARNINGS"
+    }  # what a user's shell shows
     for extra in ([], ["--quantize", "int8"]):
-        proc = subprocess.run([sys.executable, "-m", "agnews_lora", "evaluate", str(run), *extra],
-                              capture_output=True, text=True, timeout=300, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "agnews_lora", "evaluate", str(run), *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "Warning" not in proc.stderr, proc.stderr[-2000:]
     full = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     int8 = json.loads((run / "eval" / "test-int8" / "metrics.json").read_text())
     assert int8["quantized"] is True and full["quantized"] is False and int8["rows"] == full["rows"]
-    assert abs(int8["accuracy"] - full["accuracy"]) <= 0.1  # a tiny model: int8 moves a few predictions at most
+    assert (
+        abs(int8["accuracy"] - full["accuracy"]) <= 0.1
+    )  # a tiny model: int8 moves a few predictions at most
 
 
 def _run_copy(trained_run, tmp_path) -> Path:
@@ -286,12 +413,19 @@ def test_predict_never_overwrites_without_overwrite(trained_run, data_dir, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "mine.csv"]  # no temporary file
 
 
-def test_predict_output_that_is_a_directory_is_one_line_and_leaves_nothing(trained_run, data_dir,
-                                                                            tmp_path, capsys):
+def test_predict_output_that_is_a_directory_is_one_line_and_leaves_nothing(
+    trained_run, data_dir, tmp_path, capsys
+):
     target = tmp_path / "outdir"
     target.mkdir()
-    argv = ["predict", str(trained_run), "--input", str(data_dir / "unlabelled.csv"),
-            "--output", str(target)]
+    argv = [
+        "predict",
+        str(trained_run),
+        "--input",
+        str(data_dir / "unlabelled.csv"),
+        "--output",
+        str(target),
+    ]
     for extra in ([], ["--overwrite"]):
         assert main([*argv, *extra]) == 2
         err = capsys.readouterr().err
@@ -309,8 +443,9 @@ def test_write_submission_refuses_a_directory_even_when_called_directly(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-def test_evaluate_data_names_cannot_escape_eval_or_replace_held_out_results(trained_run, data_dir,
-                                                                            tmp_path, capsys):
+def test_evaluate_data_names_cannot_escape_eval_or_replace_held_out_results(
+    trained_run, data_dir, tmp_path, capsys
+):
     from agnews_lora.errors import UserError
     from agnews_lora.evaluation import eval_dir
 

@@ -30,8 +30,13 @@ def onnx_run(trained_run, tmp_path_factory):
     """A copy of the tiny run with an ONNX export made by the CLI, and what `export` printed."""
     if not HAS_ONNX:
         pytest.skip("pip install '.[onnx]'")
-    run = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("cli-onnx") / "run",
-                               ignore=shutil.ignore_patterns("eval", "export")))
+    run = Path(
+        shutil.copytree(
+            trained_run,
+            tmp_path_factory.mktemp("cli-onnx") / "run",
+            ignore=shutil.ignore_patterns("eval", "export"),
+        )
+    )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["export", str(run), "--format", "onnx"]) == 0
@@ -80,8 +85,12 @@ def test_evaluate_and_predict_with_onnx_give_torchs_labels(onnx_run, fp32, data_
     assert main(["evaluate", str(run), "--backend", "onnx"]) == 0
     m = json.loads((run / "eval" / "test-onnx" / "metrics.json").read_text())
     rows = read_rows(data_dir / "test.csv")
-    labels = np.array([fp32.label_names.index(r["label"]) if not r["label"].isdigit()
-                       else int(r["label"]) for r in rows])
+    labels = np.array(
+        [
+            fp32.label_names.index(r["label"]) if not r["label"].isdigit() else int(r["label"])
+            for r in rows
+        ]
+    )
     expected = np.array(fp32.predict([r["text"] for r in rows]))
     assert m["backend"] == "onnx" and m["quantized"] is False and m["precision_used"] == "fp32"
     assert m["rows"] == len(rows) and m["accuracy"] == pytest.approx((expected == labels).mean())
@@ -91,8 +100,17 @@ def test_evaluate_and_predict_with_onnx_give_torchs_labels(onnx_run, fp32, data_
     assert not (run / "eval" / "test").exists()  # torch's held-out results are not touched
 
     out = tmp_path / "onnx.csv"
-    argv = ["predict", str(run), "--input", str(data_dir / "unlabelled.csv"), "--output",
-            str(out), "--probabilities", "--backend", "onnx"]
+    argv = [
+        "predict",
+        str(run),
+        "--input",
+        str(data_dir / "unlabelled.csv"),
+        "--output",
+        str(out),
+        "--probabilities",
+        "--backend",
+        "onnx",
+    ]
     assert main(argv) == 0
     got = read_rows(out)
     texts = [r["text"] for r in read_rows(data_dir / "unlabelled.csv")]
@@ -133,8 +151,17 @@ def test_missing_export_names_the_command_that_writes_it(onnx_run, data_dir, tmp
     out = tmp_path / "p.csv"
     for argv in (
         ["evaluate", str(run), "--backend", "onnx", "--quantize", "int8"],
-        ["predict", str(run), "--input", str(data_dir / "unlabelled.csv"), "--output", str(out),
-         "--backend", "onnx", "--int8"],
+        [
+            "predict",
+            str(run),
+            "--input",
+            str(data_dir / "unlabelled.csv"),
+            "--output",
+            str(out),
+            "--backend",
+            "onnx",
+            "--int8",
+        ],
         ["serve", str(run), "--port", "0", "--backend", "onnx", "--int8"],
     ):
         assert main(argv) == 2
@@ -149,8 +176,16 @@ def test_unknown_backend_or_format_is_one_line_exit_2(trained_run, data_dir, tmp
     out = tmp_path / "p.csv"
     for argv in (
         ["evaluate", str(trained_run), "--backend", "tensorrt"],
-        ["predict", str(trained_run), "--input", str(data_dir / "unlabelled.csv"), "--output",
-         str(out), "--backend", "tensorrt"],
+        [
+            "predict",
+            str(trained_run),
+            "--input",
+            str(data_dir / "unlabelled.csv"),
+            "--output",
+            str(out),
+            "--backend",
+            "tensorrt",
+        ],
         ["serve", str(trained_run), "--port", "0", "--backend", "tensorrt"],
     ):
         assert main(argv) == 2

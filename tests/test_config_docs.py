@@ -71,7 +71,7 @@ def test_rendered_config_loads_to_the_same_values(path, tmp_path):
 
 def test_readme_table_has_type_default_and_bounds_of_every_key():
     table = config_docs.render_table()
-    for key, _, f, hint, value in config_docs.fields():
+    for key, *_ in config_docs.fields():
         assert f"| `{key}` | " in table
     assert "| `train.seed` | int | `42` | in [0, 4294967295] |" in table
     assert "| `lora.layers` | list[int] or null | `null` | each >= 0 |" in table

@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import tiny_overrides
 
 from agnews_lora.runs import read_metrics
-from conftest import tiny_overrides
+
 
 @pytest.fixture(scope="module")
 def no_dropout_model(tmp_path_factory):
@@ -18,9 +19,22 @@ def no_dropout_model(tmp_path_factory):
 
 
 def _sets(model, data_dir, tmp, name, **extra):
-    sets = tiny_overrides(model, data_dir / "train.csv", tmp, **{
-        "run_name": name, "train.max_steps": 60, "train.eval_every": 20, "train.log_every": 5, "train.precision": "fp32",
-        "train.per_device_batch_size": 8, "lora.dropout": 0.0, "data.val_size": 77, **extra})
+    sets = tiny_overrides(
+        model,
+        data_dir / "train.csv",
+        tmp,
+        **{
+            "run_name": name,
+            "train.max_steps": 60,
+            "train.eval_every": 20,
+            "train.log_every": 5,
+            "train.precision": "fp32",
+            "train.per_device_batch_size": 8,
+            "lora.dropout": 0.0,
+            "data.val_size": 77,
+            **extra,
+        },
+    )
     return [x for s in sets for x in ("--set", s)]
 
 
@@ -29,21 +43,58 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_two_process_gloo_run_matches_single_process_with_same_global_batch(no_dropout_model, data_dir, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    ddp = _run([*torchrun, "-m", "agnews_lora", "train", "--no-progress", *_sets(no_dropout_model, data_dir, tmp_path, "ddp")])
+def test_two_process_gloo_run_matches_single_process_with_same_global_batch(
+    no_dropout_model, data_dir, tmp_path
+):
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+    ]
+    ddp = _run(
+        [
+            *torchrun,
+            "-m",
+            "agnews_lora",
+            "train",
+            "--no-progress",
+            *_sets(no_dropout_model, data_dir, tmp_path, "ddp"),
+        ]
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = _run([sys.executable, "-m", "agnews_lora", "train", "--no-progress",
-                   *_sets(no_dropout_model, data_dir, tmp_path, "single", **{"train.grad_accumulation": 2})])
+    single = _run(
+        [
+            sys.executable,
+            "-m",
+            "agnews_lora",
+            "train",
+            "--no-progress",
+            *_sets(
+                no_dropout_model, data_dir, tmp_path, "single", **{"train.grad_accumulation": 2}
+            ),
+        ]
+    )
     assert single.returncode == 0, single.stderr[-3000:]
 
     d, s = tmp_path / "runs" / "ddp", tmp_path / "runs" / "single"
-    sd, ss = json.loads((d / "summary.json").read_text()), json.loads((s / "summary.json").read_text())
-    assert sd["world_size"] == 2 and sd["global_batch_size"] == 16 and sd["per_device_batch_size"] == 8
+    sd, ss = (
+        json.loads((d / "summary.json").read_text()),
+        json.loads((s / "summary.json").read_text()),
+    )
+    assert (
+        sd["world_size"] == 2 and sd["global_batch_size"] == 16 and sd["per_device_batch_size"] == 8
+    )
     assert ss["world_size"] == 1 and ss["global_batch_size"] == 16
     # the same micro-batches are summed in both set-ups, so the curves agree up to float reduction order
-    ld = [(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"]
-    ls = [(r["step"], r["loss"]) for r in read_metrics(s / "metrics.jsonl") if r["split"] == "train"]
+    ld = [
+        (r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"
+    ]
+    ls = [
+        (r["step"], r["loss"]) for r in read_metrics(s / "metrics.jsonl") if r["split"] == "train"
+    ]
     assert [x for x, _ in ld] == [x for x, _ in ls]
     for (step, a), (_, b) in zip(ld, ls):
         assert abs(a - b) < 1e-3, f"step {step}: 2-process loss {a} vs single {b}"

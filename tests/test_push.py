@@ -21,13 +21,25 @@ def _push(run_dir, *args, endpoint: str, token: str | None = "hf_fake_token", tm
 
     HF_HUB_DISABLE_XET: upload through the Hub's LFS API ("basic" transfer), which the fake
     speaks; with hf_xet the weights go to a Xet storage server, which it does not."""
-    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path),
-           "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
     env.pop("HF_TOKEN", None)
     if token:
         env["HF_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "agnews_lora", "push", str(run_dir), *args],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "agnews_lora", "push", str(run_dir), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
 
 
 def _front_matter(text: str) -> dict:
@@ -36,18 +48,31 @@ def _front_matter(text: str) -> dict:
 
 def test_push_uploads_the_model_and_its_card(trained_run, tmp_path):
     with FakeHub() as hub:
-        p = _push(trained_run, "--repo-id", "me/tiny", "--private", endpoint=hub.url,
-                  tmp_path=tmp_path)
+        p = _push(
+            trained_run, "--repo-id", "me/tiny", "--private", endpoint=hub.url, tmp_path=tmp_path
+        )
         assert p.returncode == 0, p.stderr
         assert f"{hub.url}/me/tiny/commit/" in p.stdout
-        q = _push(trained_run, "--repo-id", "org/tiny-adapter", "--adapter", endpoint=hub.url,
-                  tmp_path=tmp_path)
+        q = _push(
+            trained_run,
+            "--repo-id",
+            "org/tiny-adapter",
+            "--adapter",
+            endpoint=hub.url,
+            tmp_path=tmp_path,
+        )
         assert q.returncode == 0, q.stderr
-    assert hub.created[0] == {"name": "tiny", "organization": "me", "visibility": "private",
-                              "type": "model"}
+    assert hub.created[0] == {
+        "name": "tiny",
+        "organization": "me",
+        "visibility": "private",
+        "type": "model",
+    }
     assert hub.created[1].get("visibility") != "private"
-    for repo, kind, library in (("me/tiny", "merged", "transformers"),
-                                ("org/tiny-adapter", "adapter", "peft")):
+    for repo, kind, library in (
+        ("me/tiny", "merged", "transformers"),
+        ("org/tiny-adapter", "adapter", "peft"),
+    ):
         folder = trained_run / kind
         local = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
         assert hub.repos[repo] == local  # every file, byte for byte: card and weights
@@ -60,8 +85,9 @@ def test_push_uploads_the_model_and_its_card(trained_run, tmp_path):
 
 def test_push_with_a_bad_token_is_one_line(trained_run, tmp_path):
     with FakeHub() as hub:
-        p = _push(trained_run, "--repo-id", "me/tiny", endpoint=hub.url, token="wrong",
-                  tmp_path=tmp_path)
+        p = _push(
+            trained_run, "--repo-id", "me/tiny", endpoint=hub.url, token="wrong", tmp_path=tmp_path
+        )
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0 and "refused the token" in p.stderr
     assert hub.repos == {}
@@ -71,15 +97,22 @@ def test_push_without_network_is_one_line(trained_run, tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = _push(trained_run, "--repo-id", "me/tiny", endpoint=f"http://127.0.0.1:{port}",
-              tmp_path=tmp_path)
+    p = _push(
+        trained_run, "--repo-id", "me/tiny", endpoint=f"http://127.0.0.1:{port}", tmp_path=tmp_path
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0 and "cannot reach the Hugging Face Hub" in p.stderr
 
 
 def test_push_without_token_is_one_line(trained_run, tmp_path):
-    p = _push(trained_run, "--repo-id", "me/tiny", endpoint="http://127.0.0.1:9", token=None,
-              tmp_path=tmp_path)
+    p = _push(
+        trained_run,
+        "--repo-id",
+        "me/tiny",
+        endpoint="http://127.0.0.1:9",
+        token=None,
+        tmp_path=tmp_path,
+    )
     assert p.returncode == 2 and "hf auth login" in p.stderr
     assert p.stderr.strip().count("\n") == 0
 

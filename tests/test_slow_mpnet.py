@@ -7,10 +7,10 @@ Sized for CI on the slowest CPU kind (AVX2-only, fp32): ~500 training samples of
 """
 
 import pytest
+from conftest import ROOT, SHARED_AGNEWS
 
 from agnews_lora.config import load_config
 from agnews_lora.errors import UserError
-from conftest import ROOT, SHARED_AGNEWS
 
 
 def _parts_missing() -> str | None:
@@ -25,20 +25,36 @@ def _parts_missing() -> str | None:
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not SHARED_AGNEWS.is_file(), reason=f"shared AG News rows not found at {SHARED_AGNEWS}"),
-    pytest.mark.skipif(_parts_missing() is not None, reason=f"all-mpnet-base-v2 part packages: {_parts_missing()}"),
+    pytest.mark.skipif(
+        not SHARED_AGNEWS.is_file(), reason=f"shared AG News rows not found at {SHARED_AGNEWS}"
+    ),
+    pytest.mark.skipif(
+        _parts_missing() is not None, reason=f"all-mpnet-base-v2 part packages: {_parts_missing()}"
+    ),
 ]
 
 STEPS, BATCH = 32, 16
 
 
 def _cfg(tmp_path, name: str, *extra: str):
-    return load_config(ROOT / "configs" / "offline-mpnet.yaml", [
-        f"data.train_file={SHARED_AGNEWS}", "model.max_length=64", "data.max_train_samples=1000",
-        "data.val_size=300", f"train.max_steps={STEPS}", f"train.per_device_batch_size={BATCH}",
-        f"train.eval_every={STEPS}", "train.eval_batch_size=100", "train.learning_rate=1e-3",
-        f"output_dir={tmp_path}", f"run_name={name}", f"data.cache_dir={tmp_path / 'cache'}", *extra,
-    ])
+    return load_config(
+        ROOT / "configs" / "offline-mpnet.yaml",
+        [
+            f"data.train_file={SHARED_AGNEWS}",
+            "model.max_length=64",
+            "data.max_train_samples=1000",
+            "data.val_size=300",
+            f"train.max_steps={STEPS}",
+            f"train.per_device_batch_size={BATCH}",
+            f"train.eval_every={STEPS}",
+            "train.eval_batch_size=100",
+            "train.learning_rate=1e-3",
+            f"output_dir={tmp_path}",
+            f"run_name={name}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            *extra,
+        ],
+    )
 
 
 def test_mpnet_recipe_learns_inside_the_binding_budget(tmp_path):
@@ -56,5 +72,7 @@ def test_mpnet_layout_over_the_budget_is_refused_before_loading_weights(tmp_path
     from agnews_lora.training import train
 
     with pytest.raises(UserError, match="over budget"):
-        train(_cfg(tmp_path, "too-big", "lora.r=16", "lora.target_modules=[q,k,v,o]"), progress=False)
+        train(
+            _cfg(tmp_path, "too-big", "lora.r=16", "lora.target_modules=[q,k,v,o]"), progress=False
+        )
     assert not (tmp_path / "too-big").exists()

@@ -16,10 +16,20 @@ from agnews_lora.training import setup, train
 PACE = tb.Pace(seconds_per_step=0.5, timed_steps=16, eval_seconds=2.0, export_seconds=5.0)
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("20m", 1200), ("90s", 90), ("1h", 3600), ("1h30m", 5400), ("1.5h", 5400), ("2 min", 120),
-    (20, 1200), ("20", 1200), (0.5, 30),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("20m", 1200),
+        ("90s", 90),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        ("2 min", 120),
+        (20, 1200),
+        ("20", 1200),
+        (0.5, 30),
+    ],
+)
 def test_durations_parse(text, seconds):
     assert tb.parse_duration(text) == pytest.approx(seconds)
 
@@ -61,11 +71,21 @@ def _cfg(tiny_model_dir, data_dir, tmp_path, **extra):
     return load_config(None, sets)
 
 
-def test_budget_fixes_the_steps_and_the_schedule_ends_on_time(tiny_model_dir, data_dir, tmp_path,
-                                                               monkeypatch):
+def test_budget_fixes_the_steps_and_the_schedule_ends_on_time(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch
+):
     _budgeted(monkeypatch)
-    cfg = _cfg(tiny_model_dir, data_dir, tmp_path, **{"train.time_budget": "1m", "run_name": "b",
-                                                     "train.eval_every": 10, "train.log_every": 7})
+    cfg = _cfg(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        **{
+            "train.time_budget": "1m",
+            "run_name": "b",
+            "train.eval_every": 10,
+            "train.log_every": 7,
+        },
+    )
     run = train(cfg, progress=False)
     expected = tb.steps_that_fit(60.0 - 10.0, PACE, 10)
     assert 0 < expected < 120  # the budget, not max_steps, decides
@@ -88,21 +108,40 @@ def test_the_pace_trial_leaves_no_trace(tiny_model_dir, data_dir, tmp_path, caps
     a = train(_cfg(tiny_model_dir, data_dir, tmp_path, run_name="plain", **extra), progress=False)
     assert "estimated training time" in caplog.text and "evaluations not included" in caplog.text
     caplog.clear()
-    b = train(_cfg(tiny_model_dir, data_dir, tmp_path, run_name="budget", **extra,
-                   **{"train.time_budget": "1h"}), progress=False)
+    b = train(
+        _cfg(
+            tiny_model_dir,
+            data_dir,
+            tmp_path,
+            run_name="budget",
+            **extra,
+            **{"train.time_budget": "1h"},
+        ),
+        progress=False,
+    )
     assert "estimated training time" in caplog.text and "all 30 configured steps fit" in caplog.text
     assert b.summary["steps"] == 30 and b.summary["schedule"]["pace"]["timed_steps"] == 16
-    wa, wb = load_file(a.dir / "adapter/adapter_model.safetensors"), load_file(
-        b.dir / "adapter/adapter_model.safetensors")
+    wa, wb = (
+        load_file(a.dir / "adapter/adapter_model.safetensors"),
+        load_file(b.dir / "adapter/adapter_model.safetensors"),
+    )
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
     assert read_metrics(a.dir / "metrics.jsonl")[-1] == read_metrics(b.dir / "metrics.jsonl")[-1]
 
 
 def test_resume_keeps_the_recorded_total(tiny_model_dir, data_dir, tmp_path, monkeypatch):
     _budgeted(monkeypatch)
-    cfg = _cfg(tiny_model_dir, data_dir, tmp_path, **{
-        "train.time_budget": "1m", "run_name": "r", "train.eval_every": 20,
-        "train.checkpoint_every": 10})
+    cfg = _cfg(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        **{
+            "train.time_budget": "1m",
+            "run_name": "r",
+            "train.eval_every": 20,
+            "train.checkpoint_every": 10,
+        },
+    )
     expected = tb.steps_that_fit(50.0, PACE, 20)
     assert expected > 20
     loop = setup(cfg, progress=False)
@@ -124,10 +163,15 @@ def test_resume_keeps_the_recorded_total(tiny_model_dir, data_dir, tmp_path, mon
 
 
 def test_a_budget_too_short_is_one_line_exit_2_and_leaves_nothing(
-        tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
+    tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys
+):
     _budgeted(monkeypatch, pace=tb.Pace(30.0, 16, 2.0, 5.0))
-    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path,
-                          **{"train.time_budget": "30s", "run_name": "short"})
+    sets = tiny_overrides(
+        tiny_model_dir,
+        data_dir / "train.csv",
+        tmp_path,
+        **{"train.time_budget": "30s", "run_name": "short"},
+    )
     args = [a for s in sets for a in ("--set", s)]
     assert main(["train", "--no-progress", *args]) == 2
     err = capsys.readouterr().err

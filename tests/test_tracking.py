@@ -32,9 +32,18 @@ def test_tensorboard_gets_every_metrics_record(tiny_model_dir, data_dir, tmp_pat
     from agnews_lora.config import load_config
     from agnews_lora.training import train
 
-    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path,
-                          **{"train.max_steps": 40, "train.eval_every": 20, "train.log_every": 10,
-                             "train.report_to": "[tensorboard]", "run_name": "tb"})
+    sets = tiny_overrides(
+        tiny_model_dir,
+        data_dir / "train.csv",
+        tmp_path,
+        **{
+            "train.max_steps": 40,
+            "train.eval_every": 20,
+            "train.log_every": 10,
+            "train.report_to": "[tensorboard]",
+            "run_name": "tb",
+        },
+    )
     run = train(load_config(None, sets), progress=False)
     tb = run.dir / "tensorboard"
     assert list(tb.glob("events.out.tfevents.*")), sorted(p.name for p in tb.iterdir())
@@ -56,8 +65,9 @@ def test_tensorboard_gets_every_metrics_record(tiny_model_dir, data_dir, tmp_pat
     assert "train.report_to: '[\"tensorboard\"]'" in hparams.read_text()
 
 
-@pytest.mark.parametrize("name,package", [("wandb", "wandb"), ("mlflow", "mlflow"),
-                                          ("comet_ml", "comet-ml")])
+@pytest.mark.parametrize(
+    "name,package", [("wandb", "wandb"), ("mlflow", "mlflow"), ("comet_ml", "comet-ml")]
+)
 def test_missing_tracker_package_is_one_line_before_anything(
     name, package, tiny_model_dir, data_dir, tmp_path, capsys
 ):
@@ -65,8 +75,12 @@ def test_missing_tracker_package_is_one_line_before_anything(
 
     if is_available(name):
         pytest.skip(f"{name} is installed here")
-    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path,
-                          **{"train.report_to": f"[tensorboard,{name}]", "run_name": "x"})
+    sets = tiny_overrides(
+        tiny_model_dir,
+        data_dir / "train.csv",
+        tmp_path,
+        **{"train.report_to": f"[tensorboard,{name}]", "run_name": "x"},
+    )
     argv = ["train", "--no-progress"] + [a for s in sets for a in ("--set", s)]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -75,8 +89,9 @@ def test_missing_tracker_package_is_one_line_before_anything(
 
 
 def test_unknown_tracker_names_the_nearest(tiny_model_dir, data_dir, tmp_path, capsys):
-    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path,
-                          **{"train.report_to": "tensorbord"})
+    sets = tiny_overrides(
+        tiny_model_dir, data_dir / "train.csv", tmp_path, **{"train.report_to": "tensorbord"}
+    )
     assert cli.main(["train"] + [a for s in sets for a in ("--set", s)]) == 2
     err = capsys.readouterr().err
     assert "unknown tracker 'tensorbord'" in err and "did you mean 'tensorboard'" in err
@@ -101,10 +116,15 @@ def test_wandb_and_mlflow_stay_local_unless_configured(tmp_path):
 
 
 def test_flat_config_and_record_metrics():
-    flat = flat_config({"lora": {"r": 8, "layers": None, "target_modules": ["q", "v"]},
-                        "run_name": "x"})
-    assert flat == {"lora.r": 8, "lora.layers": "null", "lora.target_modules": '["q", "v"]',
-                    "run_name": "x"}
+    flat = flat_config(
+        {"lora": {"r": 8, "layers": None, "target_modules": ["q", "v"]}, "run_name": "x"}
+    )
+    assert flat == {
+        "lora.r": 8,
+        "lora.layers": "null",
+        "lora.target_modules": '["q", "v"]',
+        "run_name": "x",
+    }
     rec = {"step": 5, "split": "validation", "accuracy": 0.5, "rows": 10, "note": "x", "ok": True}
     assert record_metrics(rec) == {"validation/accuracy": 0.5, "validation/rows": 10}
 

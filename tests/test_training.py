@@ -5,15 +5,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from agnews_lora.config import load_config
 from agnews_lora.runs import read_metrics
 from agnews_lora.training import train
-from conftest import tiny_overrides
 
 
 def _train(tiny_model_dir, data_dir, tmp_path, **extra):
-    cfg = load_config(None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **extra))
+    cfg = load_config(
+        None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **extra)
+    )
     return train(cfg, progress=False)
 
 
@@ -26,7 +28,9 @@ def test_loss_falls_and_accuracy_beats_chance(trained_run):
     assert max(r["accuracy"] for r in val) > 0.5  # 4 balanced classes: chance is 0.25
 
 
-def test_reloaded_adapter_and_merged_model_reproduce_the_trained_model(tiny_model_dir, data_dir, tmp_path):
+def test_reloaded_adapter_and_merged_model_reproduce_the_trained_model(
+    tiny_model_dir, data_dir, tmp_path
+):
     """fp32 run: the validation loss logged during training is reproduced by the saved adapter and by merged/."""
     from transformers import AutoModelForSequenceClassification
 
@@ -35,14 +39,20 @@ def test_reloaded_adapter_and_merged_model_reproduce_the_trained_model(tiny_mode
     from agnews_lora.modeling import load_adapter_model, load_tokenizer
     from agnews_lora.prediction import batched_logits
 
-    run = _train(tiny_model_dir, data_dir, tmp_path, **{"train.precision": "fp32", "run_name": "fp32"})
+    run = _train(
+        tiny_model_dir, data_dir, tmp_path, **{"train.precision": "fp32", "run_name": "fp32"}
+    )
     best = run.summary["best"]
     cfg = run.config
-    val = encode(load_splits(cfg)["validation"], load_tokenizer(str(tiny_model_dir)), cfg.model.max_length)
+    val = encode(
+        load_splits(cfg)["validation"], load_tokenizer(str(tiny_model_dir)), cfg.model.max_length
+    )
 
     adapter_model = load_adapter_model(run.dir, cfg)
     merged_model = AutoModelForSequenceClassification.from_pretrained(run.dir / "merged")
-    assert not any("lora" in n for n, _ in merged_model.named_parameters())  # plain transformers model, no PEFT
+    assert not any(
+        "lora" in n for n, _ in merged_model.named_parameters()
+    )  # plain transformers model, no PEFT
     _, a = batched_logits(adapter_model, val, 64, 1, "cpu", max_length=cfg.model.max_length)
     _, m = batched_logits(merged_model, val, 64, 1, "cpu", max_length=cfg.model.max_length)
     np.testing.assert_allclose(a, m, atol=1e-4)
@@ -58,23 +68,51 @@ def test_classifier_head_is_trained_and_saved_with_the_adapter(trained_run):
     head = [k for k in weights if "classifier" in k]
     assert head and not any("lora" in k for k in head)
     assert any("lora_A" in k for k in weights) and any("lora_B" in k for k in weights)
-    assert all(torch.count_nonzero(weights[k]) > 0 for k in weights if "lora_B" in k)  # B starts at zero: it trained
+    assert all(
+        torch.count_nonzero(weights[k]) > 0 for k in weights if "lora_B" in k
+    )  # B starts at zero: it trained
 
 
 def test_best_checkpoint_is_kept_and_same_seed_gives_same_run(tiny_model_dir, data_dir, tmp_path):
-    a = _train(tiny_model_dir, data_dir, tmp_path, **{"run_name": "a", "train.eval_every": 20, "train.precision": "fp32"})
-    b = _train(tiny_model_dir, data_dir, tmp_path, **{"run_name": "b", "train.eval_every": 20, "train.precision": "fp32"})
+    a = _train(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        **{"run_name": "a", "train.eval_every": 20, "train.precision": "fp32"},
+    )
+    b = _train(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        **{"run_name": "b", "train.eval_every": 20, "train.precision": "fp32"},
+    )
     val = [r for r in read_metrics(a.dir / "metrics.jsonl") if r["split"] == "validation"]
     best = max(val, key=lambda r: r["accuracy"])  # first maximum wins
-    assert a.summary["best"]["step"] == best["step"] and a.summary["best"]["val_accuracy"] == best["accuracy"]
+    assert (
+        a.summary["best"]["step"] == best["step"]
+        and a.summary["best"]["val_accuracy"] == best["accuracy"]
+    )
     assert read_metrics(a.dir / "metrics.jsonl") == read_metrics(b.dir / "metrics.jsonl") or all(
         x["step"] == y["step"] and abs(x["loss"] - y["loss"]) < 1e-6
-        for x, y in zip(read_metrics(a.dir / "metrics.jsonl"), read_metrics(b.dir / "metrics.jsonl")))
+        for x, y in zip(
+            read_metrics(a.dir / "metrics.jsonl"), read_metrics(b.dir / "metrics.jsonl")
+        )
+    )
 
 
 def test_early_stopping_stops_after_patience(tiny_model_dir, data_dir, tmp_path):
-    run = _train(tiny_model_dir, data_dir, tmp_path, **{"run_name": "es", "train.learning_rate": 1e-7, "train.max_steps": 200,
-                                                        "train.eval_every": 10, "train.early_stopping_patience": 2})
+    run = _train(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        **{
+            "run_name": "es",
+            "train.learning_rate": 1e-7,
+            "train.max_steps": 200,
+            "train.eval_every": 10,
+            "train.early_stopping_patience": 2,
+        },
+    )
     assert run.summary["stopped_early"] and run.summary["steps"] < 200
     val = [r for r in read_metrics(run.dir / "metrics.jsonl") if r["split"] == "validation"]
     assert len(val) >= 3 and run.summary["steps"] == val[-1]["step"]
@@ -101,9 +139,22 @@ def test_tokenisation_is_cached(tiny_model_dir, data_dir, tmp_path, monkeypatch)
 def test_validation_split_is_stratified_seeded_and_disjoint(tiny_model_dir, data_dir, tmp_path):
     from agnews_lora.data import load_splits
 
-    cfg = load_config(None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **{"data.val_size": 80, "data.test_size": 0.25}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tiny_model_dir,
+            data_dir / "train.csv",
+            tmp_path,
+            **{"data.val_size": 80, "data.test_size": 0.25},
+        ),
+    )
     s1, s2 = load_splits(cfg), load_splits(cfg)
-    assert len(s1["validation"]) == 80 and np.bincount(s1["validation"].labels).tolist() == [20, 20, 20, 20]
+    assert len(s1["validation"]) == 80 and np.bincount(s1["validation"].labels).tolist() == [
+        20,
+        20,
+        20,
+        20,
+    ]
     assert s1["validation"].texts == s2["validation"].texts
     from agnews_lora.data import load_test_split
 
@@ -117,12 +168,16 @@ def test_validation_split_is_stratified_seeded_and_disjoint(tiny_model_dir, data
     from agnews_lora.data import read_table
 
     rows = read_table(data_dir / "train.csv", AG_NEWS_LABELS)
-    assert Counter(s1["train"].texts) + Counter(s1["validation"].texts) + Counter(test.texts) == Counter(rows.texts)
+    assert Counter(s1["train"].texts) + Counter(s1["validation"].texts) + Counter(
+        test.texts
+    ) == Counter(rows.texts)
 
 
 def test_summary_records_what_was_used(trained_run):
     s = json.loads((trained_run / "summary.json").read_text())
-    assert s["precision"] in ("bf16", "fp32") and s["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert s["precision"] in ("bf16", "fp32") and s["device"] == (
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
     assert s["timings"]["train_seconds"] > 0 and s["timings"]["train_samples_per_s"] > 0
     assert s["steps"] == 120 and s["train_rows"] + s["validation_rows"] == 800
 
@@ -132,10 +187,16 @@ def test_bf16_stored_frozen_base_changes_nothing_under_autocast(tiny_model_dir):
     from agnews_lora.devices import cast_frozen_linears
     from agnews_lora.modeling import apply_lora, load_base_model
 
-    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "lora.target_modules=[query, key, value, dense]"])
+    cfg = load_config(
+        None,
+        [f"model.name_or_path={tiny_model_dir}", "lora.target_modules=[query, key, value, dense]"],
+    )
     torch.manual_seed(0)
-    batch = {"input_ids": torch.randint(5, 200, (4, 24)), "attention_mask": torch.ones(4, 24, dtype=torch.long),
-             "labels": torch.tensor([0, 1, 2, 3])}
+    batch = {
+        "input_ids": torch.randint(5, 200, (4, 24)),
+        "attention_mask": torch.ones(4, 24, dtype=torch.long),
+        "labels": torch.tensor([0, 1, 2, 3]),
+    }
 
     def loss_and_grads(cast: bool):
         torch.manual_seed(1)
@@ -157,14 +218,20 @@ def test_bf16_stored_frozen_base_changes_nothing_under_autocast(tiny_model_dir):
         assert torch.equal(grads[k], ref_grads[k]), k
 
 
-def test_bf16_run_exports_an_fp32_merged_model_equal_to_base_plus_adapter(tiny_model_dir, data_dir, tmp_path):
+def test_bf16_run_exports_an_fp32_merged_model_equal_to_base_plus_adapter(
+    tiny_model_dir, data_dir, tmp_path
+):
     """A bf16 run keeps its frozen base in bf16 while training; merged/ is still the exact fp32 merge."""
     from transformers import AutoModelForSequenceClassification
 
     from agnews_lora.modeling import load_adapter_model
 
-    run = _train(tiny_model_dir, data_dir, tmp_path, **{"train.precision": "bf16", "run_name": "bf16",
-                                                          "train.max_steps": 20})
+    run = _train(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        **{"train.precision": "bf16", "run_name": "bf16", "train.max_steps": 20},
+    )
     assert run.summary["precision"] == "bf16"
     saved = AutoModelForSequenceClassification.from_pretrained(run.dir / "merged").state_dict()
     expected = load_adapter_model(run.dir, run.config).merge_and_unload().state_dict()
@@ -195,13 +262,27 @@ def test_checkpoint_saved_in_fp16_trains_with_fp32_weights(tiny_model_dir, data_
 def test_diverging_run_stops_with_a_clear_error(tiny_model_dir, data_dir, tmp_path):
     from agnews_lora.errors import UserError
 
-    with pytest.raises(UserError, match=r"training diverged: the training loss is (nan|inf) at step 10; lower train.learning_rate"):
-        _train(tiny_model_dir, data_dir, tmp_path, **{"run_name": "boom", "train.learning_rate": 1e30, "train.warmup_ratio": 0,
-                                                      "train.log_every": 10})
+    with pytest.raises(
+        UserError,
+        match=r"training diverged: the training loss is (nan|inf) at step 10; lower train.learning_rate",
+    ):
+        _train(
+            tiny_model_dir,
+            data_dir,
+            tmp_path,
+            **{
+                "run_name": "boom",
+                "train.learning_rate": 1e30,
+                "train.warmup_ratio": 0,
+                "train.log_every": 10,
+            },
+        )
     assert not (tmp_path / "runs" / "boom" / "summary.json").exists()
 
 
-def test_every_module_trains_from_the_first_step_and_after_each_evaluation(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+def test_every_module_trains_from_the_first_step_and_after_each_evaluation(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch
+):
     """from_pretrained leaves the base in eval mode (no dropout) under PEFT's wrapper, which is in train mode."""
     from agnews_lora.training import Loop
 
@@ -213,16 +294,34 @@ def test_every_module_trains_from_the_first_step_and_after_each_evaluation(tiny_
         return out
 
     monkeypatch.setattr(Loop, "train_step", recording_step)
-    _train(tiny_model_dir, data_dir, tmp_path, **{"run_name": "modes", "train.max_steps": 50, "train.eval_every": 20})
+    _train(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        **{"run_name": "modes", "train.max_steps": 50, "train.eval_every": 20},
+    )
     assert len(modes) == 50 and all(modes)
 
 
-def test_setup_fit_export_is_the_seam_and_on_eval_sees_every_evaluation(tiny_model_dir, data_dir,
-                                                                        tmp_path):
+def test_setup_fit_export_is_the_seam_and_on_eval_sees_every_evaluation(
+    tiny_model_dir, data_dir, tmp_path
+):
     from agnews_lora.training import setup
 
-    cfg = load_config(None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **{
-        "run_name": "seam", "train.max_steps": 40, "train.eval_every": 20, "train.log_every": 10}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tiny_model_dir,
+            data_dir / "train.csv",
+            tmp_path,
+            **{
+                "run_name": "seam",
+                "train.max_steps": 40,
+                "train.eval_every": 20,
+                "train.log_every": 10,
+            },
+        ),
+    )
     loop = setup(cfg, progress=False)
     assert loop.resumed_from is None and loop.step == 0 and (loop.run_dir / "config.yaml").is_file()
     seen = []
@@ -238,7 +337,8 @@ def test_setup_fit_export_is_the_seam_and_on_eval_sees_every_evaluation(tiny_mod
 
 
 def test_an_on_eval_exception_propagates_after_the_loop_closed_its_outputs(
-        tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    tiny_model_dir, data_dir, tmp_path, monkeypatch
+):
     import agnews_lora.loop as loop_module
     from agnews_lora.runs import MetricsLog
 
@@ -273,8 +373,20 @@ def test_an_on_eval_exception_propagates_after_the_loop_closed_its_outputs(
         if step == 40:
             raise Stop(f"enough at {step}")
 
-    cfg = load_config(None, tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, **{
-        "run_name": "cb", "train.max_steps": 60, "train.eval_every": 20, "train.log_every": 10}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tiny_model_dir,
+            data_dir / "train.csv",
+            tmp_path,
+            **{
+                "run_name": "cb",
+                "train.max_steps": 60,
+                "train.eval_every": 20,
+                "train.log_every": 10,
+            },
+        ),
+    )
     with pytest.raises(Stop, match="enough at 40"):
         train(cfg, progress=True, on_eval=on_eval)
     assert closed == {"bar": 1, "log": 1}
@@ -286,7 +398,8 @@ def test_an_on_eval_exception_propagates_after_the_loop_closed_its_outputs(
 
 
 def test_max_length_beyond_the_position_limit_is_refused_before_weights_load(
-        tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
+    tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys
+):
     """The tiny RoBERTa has 130 positions, 2 of them taken by the padding offset: 128 tokens fit."""
     import agnews_lora.training as training
     from agnews_lora.cli import main
@@ -298,8 +411,12 @@ def test_max_length_beyond_the_position_limit_is_refused_before_weights_load(
         raise AssertionError("weights loaded before the max_length check")
 
     monkeypatch.setattr(training, "load_base_model", no_weights)
-    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path,
-                          **{"model.max_length": 129, "run_name": "long"})
+    sets = tiny_overrides(
+        tiny_model_dir,
+        data_dir / "train.csv",
+        tmp_path,
+        **{"model.max_length": 129, "run_name": "long"},
+    )
     assert main(["train", "--no-progress", *[x for s in sets for x in ("--set", s)]]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

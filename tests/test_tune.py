@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_overrides
 
 from agnews_lora.cli import main
 from agnews_lora.config import load_config
 from agnews_lora.errors import TrainingInterrupted, UserError
-from conftest import tiny_overrides
 
 optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip install -e '.[tune]')")
 
@@ -154,7 +154,12 @@ def test_bad_evaluations_prune_the_trial(tiny_model_dir, data_dir, tmp_path):
     # an earlier trial, perfect at every evaluation: anything worse is pruned at its first one
     study.add_trial(
         optuna.trial.create_trial(
-            params={"lora.r": "2", "lora.target_modules": "q,v", "lora.layers": "all", "lora.head": "full"},
+            params={
+                "lora.r": "2",
+                "lora.target_modules": "q,v",
+                "lora.layers": "all",
+                "lora.head": "full",
+            },
             distributions={
                 k: optuna.distributions.CategoricalDistribution(list(v))
                 for k, v in spec.layouts.dims.items()

@@ -29,4 +29,13 @@ def __getattr__(name):  # heavy imports (torch, transformers) only when used
     raise AttributeError(name)
 
 
-__all__ = ["Config", "load_config", "UserError", "train", "Run", "Predictor", "evaluate_run", "__version__"]
+__all__ = [
+    "Config",
+    "load_config",
+    "UserError",
+    "train",
+    "Run",
+    "Predictor",
+    "evaluate_run",
+    "__version__",
+]

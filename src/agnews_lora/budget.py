@@ -45,7 +45,9 @@ def count_params(peft_model) -> ParamCounts:
             other += n
     # PEFT keeps a frozen copy of the head next to the trained one; count the model as saved/merged.
     total -= seen_head_originals
-    return ParamCounts(lora=lora, head=head, other=other, trainable=lora + head + other, total=total)
+    return ParamCounts(
+        lora=lora, head=head, other=other, trainable=lora + head + other, total=total
+    )
 
 
 def check_budget(counts: ParamCounts, max_trainable: int) -> None:

@@ -28,7 +28,8 @@ def cmd_train(args) -> int:
 
     if args.resume and (args.config or args.set or args.output_dir):
         raise UserError(
-            "--resume continues a run with its saved config.yaml; do not combine it with --config / --set / --output-dir"
+            "--resume continues a run with its saved config.yaml; do not combine it with --config "
+            "/ --set / --output-dir"
         )
     cfg = None
     if not args.resume:
@@ -44,14 +45,17 @@ def cmd_train(args) -> int:
         _out(f"\nrun            {run.dir}")
         _out(f"base model     {s['base_model']}")
         _out(
-            f"trainable      {p['trainable']:,} / budget {s['budget']['max_trainable_params']:,}  (LoRA {p['lora']:,} + head {p['head']:,})"
+            f"trainable      {p['trainable']:,} / budget {s['budget']['max_trainable_params']:,}  "
+            f"(LoRA {p['lora']:,} + head {p['head']:,})"
         )
         _out(
-            f"steps          {s['steps']} ({s['epochs']} epochs, global batch {s['global_batch_size']}, {s['world_size']} process(es), {s['precision']}"
+            f"steps          {s['steps']} ({s['epochs']} epochs, global batch "
+            f"{s['global_batch_size']}, {s['world_size']} process(es), {s['precision']}"
             f"{', fast CPU dropout' if str(s.get('dropout', '')).startswith('fast') else ''})"
         )
         _out(
-            f"best val       accuracy {b['val_accuracy']:.4f}  macro-F1 {b.get('val_macro_f1', float('nan')):.4f}  at step {b['step']}"
+            f"best val       accuracy {b['val_accuracy']:.4f}  macro-F1 "
+            f"{b.get('val_macro_f1', float('nan')):.4f}  at step {b['step']}"
         )
         _out(
             f"train time     {tm['train_seconds']:.1f} s  ({tm['train_samples_per_s']:.1f} samples/s)"

@@ -296,8 +296,16 @@ def validate(cfg: Config) -> None:
         raise fail("data.label_names", "must list at least two distinct, non-empty class names")
     if cfg.run_name is not None:
         name = cfg.run_name
-        if not name.strip() or name in (".", "..") or any(c in name for c in "/\\") or name.startswith("~"):
-            raise fail("run_name", f"must be a plain directory name (no '/', '..' or '~'), got {show(name)}")
+        if (
+            not name.strip()
+            or name in (".", "..")
+            or any(c in name for c in "/\\")
+            or name.startswith("~")
+        ):
+            raise fail(
+                "run_name",
+                f"must be a plain directory name (no '/', '..' or '~'), got {show(name)}",
+            )
 
 
 def field_help(section: Any) -> dict[str, str]:

@@ -39,7 +39,7 @@ class Table:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, idx: np.ndarray, name: str | None = None) -> "Table":
+    def subset(self, idx: np.ndarray, name: str | None = None) -> Table:
         labels = self.labels[idx] if self.labels is not None else None
         return Table([self.texts[i] for i in idx], labels, name or self.name)
 

@@ -53,7 +53,9 @@ def cast_frozen_linears(model, dtype: torch.dtype = torch.bfloat16) -> int:
     """
     n = 0
     for module in model.modules():
-        if type(module) is torch.nn.Linear and not any(p.requires_grad for p in module.parameters()):
+        if type(module) is torch.nn.Linear and not any(
+            p.requires_grad for p in module.parameters()
+        ):
             if module.weight.dtype != dtype:
                 module.to(dtype)
                 n += sum(p.numel() for p in module.parameters())
@@ -62,4 +64,7 @@ def cast_frozen_linears(model, dtype: torch.dtype = torch.bfloat16) -> int:
 
 def has_cast_linears(model) -> bool:
     """True if some ``nn.Linear`` stores reduced-precision weights (see `cast_frozen_linears`)."""
-    return any(type(m) is torch.nn.Linear and m.weight.dtype in (torch.bfloat16, torch.float16) for m in model.modules())
+    return any(
+        type(m) is torch.nn.Linear and m.weight.dtype in (torch.bfloat16, torch.float16)
+        for m in model.modules()
+    )

@@ -13,5 +13,7 @@ class TrainingInterrupted(Exception):
     """SIGINT / SIGTERM arrived during training: a checkpoint was saved; ``signum`` tells which signal."""
 
     def __init__(self, run_dir, step: int, signum: int):
-        super().__init__(f"interrupted by signal {signum} at step {step}; checkpoint saved in {run_dir}/checkpoints")
+        super().__init__(
+            f"interrupted by signal {signum} at step {step}; checkpoint saved in {run_dir}/checkpoints"
+        )
         self.run_dir, self.step, self.signum = run_dir, step, signum

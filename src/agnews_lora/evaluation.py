@@ -34,7 +34,9 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
     }
 
 
-HELD_OUT = "test"  # the split `evaluate RUN_DIR` scores: eval/test, eval/test-int8, eval/test-onnx..
+HELD_OUT = (
+    "test"  # the split `evaluate RUN_DIR` scores: eval/test, eval/test-int8, eval/test-onnx..
+)
 
 
 def held_out_names() -> set[str]:

@@ -8,7 +8,8 @@ PEFT's LoRA-input dropout on query and value, two in the classifier head): 457 m
 (``benchmarks/profile_step.py --set train.fast_cpu_dropout=false``).
 
 Here a mask is 16-bit integers from numpy's PCG64, compared with a threshold.  Attention runs as
-plain matrix products while training so that its dropout can use the same masks; torch's CPU SDPA falls back to the bernoulli path with dropout, and its flash kernel's
+plain matrix products while training so that its dropout can use the same masks; torch's CPU SDPA
+falls back to the bernoulli path with dropout, and its flash kernel's
 backward is slower than plain matrix products at AG News lengths.  Inference keeps SDPA.
 
 Every mask's seed is drawn from torch's default generator, so ``torch.manual_seed`` (which the
@@ -27,7 +28,9 @@ import torch
 from torch import nn
 
 ATTENTION_NAME = "agnews_lora_cpu_train"
-MAX_MATH_ATTENTION = 256 * 256  # longer query x key go to SDPA, as without fast dropout (bounds the L^2 memory kept here)
+MAX_MATH_ATTENTION = (
+    256 * 256
+)  # longer query x key go to SDPA, as without fast dropout (bounds the L^2 memory kept here)
 _LEVELS = 1 << 16
 
 
@@ -36,9 +39,13 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tens
     dropped = round(p * _LEVELS)
     if dropped >= _LEVELS:
         raise ValueError(f"dropout probability must be < 1, got {p}")
-    seed = int(torch.randint(0, 2**62, (1,)).item())  # from torch's generator: torch.manual_seed governs it
+    seed = int(
+        torch.randint(0, 2**62, (1,)).item()
+    )  # from torch's generator: torch.manual_seed governs it
     n = math.prod(shape)
-    words = np.random.PCG64(seed).random_raw(-(-n // 4)).view(np.uint16)[:n]  # four 16-bit draws per 64-bit word
+    words = (
+        np.random.PCG64(seed).random_raw(-(-n // 4)).view(np.uint16)[:n]
+    )  # four 16-bit draws per 64-bit word
     keep = torch.from_numpy(words >= dropped).view(shape)
     return keep, _LEVELS / (_LEVELS - dropped)
 
@@ -49,7 +56,9 @@ def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
         return x
     keep, scale = keep_mask(x.shape, p)
     noise = keep.to(x.dtype).mul_(scale)
-    return x * noise  # autograd keeps `noise` for the backward pass, as torch's own CPU dropout does
+    return (
+        x * noise
+    )  # autograd keeps `noise` for the backward pass, as torch's own CPU dropout does
 
 
 class FastDropout(nn.Dropout):
@@ -61,7 +70,16 @@ class FastDropout(nn.Dropout):
         return fast_dropout(x, self.p)
 
 
-def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs):
+def attention_forward(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+):
     """Attention for ``transformers``' AttentionInterface: plain matmuls + `fast_dropout` while training.
 
     Outside training, with long sequences, or off the CPU, it is transformers' SDPA attention. The mask
@@ -69,9 +87,19 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    math_path = module.training and query.device.type == "cpu" and query.shape[-2] * key.shape[-2] <= MAX_MATH_ATTENTION
-    if not math_path or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    math_path = (
+        module.training
+        and query.device.type == "cpu"
+        and query.shape[-2] * key.shape[-2] <= MAX_MATH_ATTENTION
+    )
+    if (
+        not math_path
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("softcap") is not None
+    ):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if getattr(module, "num_key_value_groups", 1) > 1:
         key = key.repeat_interleave(module.num_key_value_groups, dim=1)
         value = value.repeat_interleave(module.num_key_value_groups, dim=1)
@@ -83,7 +111,9 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
         else:
             scores = scores + attention_mask
     elif getattr(module, "is_causal", False) and query.shape[-2] > 1:
-        causal = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool).tril(key.shape[-2] - query.shape[-2])
+        causal = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool).tril(
+            key.shape[-2] - query.shape[-2]
+        )
         scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1)
     probs = fast_dropout(probs, dropout)

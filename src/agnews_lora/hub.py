@@ -31,8 +31,12 @@ def _transport_errors() -> tuple[type, ...]:
     """Connection / timeout errors of the HTTP client huggingface_hub uses (httpx2 in 2.x,
     httpx in 1.x, requests before)."""
     out: list[type] = [OSError]
-    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
-                         ("requests", "ConnectionError"), ("requests", "Timeout")):
+    for module, name in (
+        ("httpx2", "TransportError"),
+        ("httpx", "TransportError"),
+        ("requests", "ConnectionError"),
+        ("requests", "Timeout"),
+    ):
         try:
             out.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):
@@ -49,21 +53,26 @@ def _hub_error(e: Exception, repo_id: str, endpoint: str) -> UserError:
     if isinstance(e, HfHubHTTPError):
         status = e.response.status_code if e.response is not None else None
         if status == 401:
-            return UserError(f"the Hub at {endpoint} refused the token (401); log in again with "
-                             "`hf auth login` or set HF_TOKEN to a token with write access")
+            return UserError(
+                f"the Hub at {endpoint} refused the token (401); log in again with "
+                "`hf auth login` or set HF_TOKEN to a token with write access"
+            )
         if status == 403:
-            return UserError(f"the token may not write to '{repo_id}' (403); use a repo id in your "
-                             "namespace or a token with write access to it")
+            return UserError(
+                f"the token may not write to '{repo_id}' (403); use a repo id in your "
+                "namespace or a token with write access to it"
+            )
         first = (str(e).splitlines() or [""])[0]
         return UserError(f"the Hub refused the upload to '{repo_id}': {first}")
     if isinstance(e, _transport_errors()):
-        return UserError(f"cannot reach the Hugging Face Hub at {endpoint} ({type(e).__name__}); "
-                         "push needs network access (HF_ENDPOINT sets another Hub)")
+        return UserError(
+            f"cannot reach the Hugging Face Hub at {endpoint} ({type(e).__name__}); "
+            "push needs network access (HF_ENDPOINT sets another Hub)"
+        )
     raise e
 
 
-def push_run(run_dir: str | Path, repo_id: str, kind: str = "merged",
-             private: bool = False) -> str:
+def push_run(run_dir: str | Path, repo_id: str, kind: str = "merged", private: bool = False) -> str:
     """Upload ``RUN_DIR/<kind>/`` (``merged`` or ``adapter``, model card included) to the Hub
     repo ``repo_id`` (created if missing, ``private`` when new); return the commit URL."""
     if kind not in KINDS:
@@ -83,8 +92,9 @@ def push_run(run_dir: str | Path, repo_id: str, kind: str = "merged",
     if constants.HF_HUB_OFFLINE:
         raise UserError("push needs the Hugging Face Hub, but HF_HUB_OFFLINE is set; unset it")
     if not get_token():
-        raise UserError("push needs a Hugging Face token with write access: run "
-                        "`hf auth login` or set HF_TOKEN")
+        raise UserError(
+            "push needs a Hugging Face token with write access: run `hf auth login` or set HF_TOKEN"
+        )
     api = HfApi()
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

@@ -35,8 +35,9 @@ def _per_layer(planner, seq_len: int) -> tuple[float, float]:
     return linear + attention, linear + 2 * attention
 
 
-def step_cost(planner, layers: list[int] | None, lora_params: int, head_params: int,
-              seq_len: int = SEQ_LEN) -> float:
+def step_cost(
+    planner, layers: list[int] | None, lora_params: int, head_params: int, seq_len: int = SEQ_LEN
+) -> float:
     """Modelled training FLOPs of one step relative to full backpropagation without LoRA."""
     n = planner.num_layers
     fwd, bwd = _per_layer(planner, seq_len)

@@ -14,8 +14,8 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -360,8 +360,10 @@ class Loop:
             t0 = time.perf_counter()
             window.add(*self.train_step())
             self.train_time += time.perf_counter() - t0
-            said = probe and self.acc.is_main_process and probe.after_step(
-                self.step, time.perf_counter() - t0
+            said = (
+                probe
+                and self.acc.is_main_process
+                and probe.after_step(self.step, time.perf_counter() - t0)
             )
             if said:
                 log.info(said)

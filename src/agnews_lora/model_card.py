@@ -77,16 +77,27 @@ def card_data(kind: str, cfg: Config, summary: dict, test: dict | None):
     typ, name = _data_source(cfg)
     best = summary["best"]
     results = [
-        EvalResult(task_type="text-classification", dataset_type=typ, dataset_name=name,
-                   dataset_split="validation", metric_type=metric, metric_value=value)
-        for metric, value in (("accuracy", best["val_accuracy"]),
-                              ("f1", best.get("val_macro_f1")))
+        EvalResult(
+            task_type="text-classification",
+            dataset_type=typ,
+            dataset_name=name,
+            dataset_split="validation",
+            metric_type=metric,
+            metric_value=value,
+        )
+        for metric, value in (("accuracy", best["val_accuracy"]), ("f1", best.get("val_macro_f1")))
         if value is not None
     ]
     if test is not None:
         results += [
-            EvalResult(task_type="text-classification", dataset_type=typ, dataset_name=name,
-                       dataset_split=TEST_SPLIT, metric_type=metric, metric_value=test[key])
+            EvalResult(
+                task_type="text-classification",
+                dataset_type=typ,
+                dataset_name=name,
+                dataset_split=TEST_SPLIT,
+                metric_type=metric,
+                metric_value=test[key],
+            )
             for metric, key in (("accuracy", "accuracy"), ("f1", "macro_f1"))
         ]
     for r in results:
@@ -152,11 +163,15 @@ def render_card(kind: str, cfg: Config, summary: dict, test: dict | None = None)
             f"| {_fmt(test.get('loss'))} |"
         )
     else:
-        rows.append(f"| held-out test: {_test_source(cfg)} | not measured yet: run "
-                    "`agnews-lora evaluate RUN_DIR` | | |")
+        rows.append(
+            f"| held-out test: {_test_source(cfg)} | not measured yet: run "
+            "`agnews-lora evaluate RUN_DIR` | | |"
+        )
     lora = f"r={cfg.lora.r}, alpha={cfg.lora.alpha:g}, on {', '.join(cfg.lora.target_modules)}"
-    budget = (f"**{_fmt(p['trainable'])}** of a budget of {_fmt(b['max_trainable_params'])} "
-              f"({100 * b['fraction']:.1f} % used)")
+    budget = (
+        f"**{_fmt(p['trainable'])}** of a budget of {_fmt(b['max_trainable_params'])} "
+        f"({100 * b['fraction']:.1f} % used)"
+    )
     t = summary.get("timings", {})
     versions = ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items())
     command = (
@@ -167,11 +182,11 @@ def render_card(kind: str, cfg: Config, summary: dict, test: dict | None = None)
     )
     origin = f" (Hub: `{data.base_model}`)" if data.base_model and data.base_model != base else ""
     body = f"""
-# {summary.get('run_name', 'agnews-lora model')}
+# {summary.get("run_name", "agnews-lora model")}
 
 A LoRA fine-tune of `{base}`{origin} for news-topic classification into {len(labels)} classes
 ({", ".join(labels)}), trained by agnews-lora under a budget of
-{_fmt(b['max_trainable_params'])} trainable parameters. This folder is {what}.
+{_fmt(b["max_trainable_params"])} trainable parameters. This folder is {what}.
 
 ## Results
 
@@ -183,11 +198,11 @@ A LoRA fine-tune of `{base}`{origin} for news-topic classification into {len(lab
 
 | part | parameters |
 |---|---|
-| LoRA ({lora}) | {_fmt(p['lora'])} |
-| classifier head (`lora.head={cfg.lora.head}`) | {_fmt(p['head'])} |
-| other | {_fmt(p.get('other', 0))} |
+| LoRA ({lora}) | {_fmt(p["lora"])} |
+| classifier head (`lora.head={cfg.lora.head}`) | {_fmt(p["head"])} |
+| other | {_fmt(p.get("other", 0))} |
 | **trainable** | {budget} |
-| all parameters of the model | {_fmt(p['total'])} |
+| all parameters of the model | {_fmt(p["total"])} |
 
 ## How to use
 
@@ -203,10 +218,10 @@ label = model.config.id2label[model(**batch).logits.argmax(-1).item()]
 ## Training
 
 - command: {command}
-- {summary.get('steps')} optimizer steps ({summary.get('epochs')} epochs) of global batch
-  {summary.get('global_batch_size')} on {summary.get('world_size')} process(es),
-  {summary.get('device')}, precision {summary.get('precision')},
-  {t.get('train_seconds')} s of training
+- {summary.get("steps")} optimizer steps ({summary.get("epochs")} epochs) of global batch
+  {summary.get("global_batch_size")} on {summary.get("world_size")} process(es),
+  {summary.get("device")}, precision {summary.get("precision")},
+  {t.get("train_seconds")} s of training
 - library versions: {versions}
 
 The resolved config:

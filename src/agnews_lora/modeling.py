@@ -22,7 +22,9 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-OFFLINE_HINT = "without Hub access use a local model directory or --config configs/offline-minilm.yaml"
+OFFLINE_HINT = (
+    "without Hub access use a local model directory or --config configs/offline-minilm.yaml"
+)
 
 
 def resolve_model_path(name: str) -> str:
@@ -30,19 +32,25 @@ def resolve_model_path(name: str) -> str:
     if name.startswith(sources.PREFIX):
         return sources.resolve(name)
     if name.startswith("package:"):
-        pkg, _, sub = name[len("package:"):].partition("/")
+        pkg, _, sub = name[len("package:") :].partition("/")
         spec = importlib.util.find_spec(pkg)
         if spec is None or not spec.submodule_search_locations:
             dist = pkg.replace("_", "-")
-            raise UserError(f"model '{name}': Python package '{pkg}' is not installed (pip install {dist})")
+            raise UserError(
+                f"model '{name}': Python package '{pkg}' is not installed (pip install {dist})"
+            )
         path = Path(next(iter(spec.submodule_search_locations))) / sub
         if not path.is_dir():
-            raise UserError(f"model '{name}': folder '{path}' does not exist inside package '{pkg}'")
+            raise UserError(
+                f"model '{name}': folder '{path}' does not exist inside package '{pkg}'"
+            )
         return str(path)
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise UserError(f"model directory '{name}' has no config.json: not a transformers model directory")
+            raise UserError(
+                f"model directory '{name}' has no config.json: not a transformers model directory"
+            )
         return str(path)
     if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
         raise UserError(f"model path '{name}' does not exist; check model.name_or_path")
@@ -51,7 +59,9 @@ def resolve_model_path(name: str) -> str:
 
 def _hub_failure(name: str, err: Exception) -> UserError:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return UserError(f"could not load '{name}' from the Hugging Face Hub ({reason[:160]}); {OFFLINE_HINT}")
+    return UserError(
+        f"could not load '{name}' from the Hugging Face Hub ({reason[:160]}); {OFFLINE_HINT}"
+    )
 
 
 def load_model_config(name: str):
@@ -89,9 +99,11 @@ def load_base_model(cfg: Config):
     except (OSError, ValueError) as e:
         if "attention implementation" in str(e):  # e.g. MPNet has no SDPA kernel in transformers 5
             attn = cfg.model.attn_implementation
-            raise UserError(f"model '{cfg.model.name_or_path}' does not support "
-                            f"model.attn_implementation='{attn}'; "
-                            f"set model.attn_implementation=eager") from None
+            raise UserError(
+                f"model '{cfg.model.name_or_path}' does not support "
+                f"model.attn_implementation='{attn}'; "
+                f"set model.attn_implementation=eager"
+            ) from None
         raise _hub_failure(cfg.model.name_or_path, e) from None
 
 
@@ -102,8 +114,10 @@ def lora_config(settings: LoraSettings) -> LoraConfig:
     (``modules_to_save``); LoRA itself never goes on the head, which would break reloading.
     """
     if any(m in ("classifier", "score", "out_proj") for m in settings.target_modules):
-        raise UserError("lora.target_modules must not name the classifier head: it is trained as "
-                        "lora.head says and saved with the adapter")
+        raise UserError(
+            "lora.target_modules must not name the classifier head: it is trained as "
+            "lora.head says and saved with the adapter"
+        )
     return LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=settings.r,
@@ -131,8 +145,10 @@ def apply_lora(model, settings: LoraSettings):
         peft_model = get_peft_model(model, lora_config(settings))
     except ValueError as e:
         msg = str(e).splitlines()[0]
-        raise UserError(f"LoRA layout does not fit this model ({msg[:200]}); "
-                        f"check lora.target_modules / lora.layers") from None
+        raise UserError(
+            f"LoRA layout does not fit this model ({msg[:200]}); "
+            f"check lora.target_modules / lora.layers"
+        ) from None
     if dense is not None:
         heads.freeze_saved_dense(peft_model)
     return peft_model

@@ -31,14 +31,25 @@ _ROLES = {
     "k": ("key", "k_proj", "k_lin", "k", "wk", "key_proj"),
     "v": ("value", "v_proj", "v_lin", "v", "wv", "value_proj"),
 }
-_LAYER_INDEX = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")  # PEFT's layers_to_transform match (no layers_pattern)
+_LAYER_INDEX = re.compile(
+    r".*?\.[^.]*\.(?P<idx>\d+)\."
+)  # PEFT's layers_to_transform match (no layers_pattern)
 
 # ---------------------------------------------------------------------------------------------
 # built-in configs for well-known Hub ids (sizes as in their config.json)
 
-_ROBERTA = dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
-                pad_token_id=1, bos_token_id=0, eos_token_id=2)
-_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+_ROBERTA = dict(
+    vocab_size=50265,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    layer_norm_eps=1e-5,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+)
+_LARGE = dict(
+    hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+)
 _MINILM = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
 _BUILTIN: dict[str, tuple[str, dict]] = {
     "roberta-base": ("roberta", _ROBERTA),
@@ -53,8 +64,13 @@ _BUILTIN: dict[str, tuple[str, dict]] = {
     "all-MiniLM-L6-v2": ("bert", _MINILM),
     "MiniLM-L6-H384-uncased": ("bert", _MINILM),
 }
-_ORGS = {"FacebookAI": "roberta", "distilbert": "distil", "google-bert": "bert", "sentence-transformers": "all-MiniLM",
-         "nreimers": "MiniLM"}
+_ORGS = {
+    "FacebookAI": "roberta",
+    "distilbert": "distil",
+    "google-bert": "bert",
+    "sentence-transformers": "all-MiniLM",
+    "nreimers": "MiniLM",
+}
 
 
 def builtin_ids() -> list[str]:
@@ -89,8 +105,10 @@ def resolve_model_config(name: str):
     try:  # the local Hugging Face cache only: a well-known id never waits on Hub retries
         return AutoConfig.from_pretrained(resolve_model_path(name), local_files_only=True), None
     except (OSError, ValueError):
-        return builtin, (f"no local copy of the '{name}' config (the Hub is not contacted for well-known ids); "
-                         f"using the built-in {type(builtin).__name__} with {name}'s sizes")
+        return builtin, (
+            f"no local copy of the '{name}' config (the Hub is not contacted for well-known ids); "
+            f"using the built-in {type(builtin).__name__} with {name}'s sizes"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,14 +178,20 @@ class Planner:
             try:
                 self.model = AutoModelForSequenceClassification.from_config(model_config)
             except ValueError as e:
-                raise UserError(f"model type '{model_config.model_type}' has no sequence-classification model "
-                                f"({str(e).splitlines()[0][:120]})") from None
+                raise UserError(
+                    f"model type '{model_config.model_type}' has no sequence-classification model "
+                    f"({str(e).splitlines()[0][:120]})"
+                ) from None
         self.modules = [(n, m) for n, m in self.model.named_modules() if n]
         self.targets = self._discover()
         if not self.targets:
-            raise UserError(f"no LoRA-able Linear layers found inside the encoder layers of this "
-                            f"{type(self.model).__name__}")
-        indices = {int(_LAYER_INDEX.match(n)["idx"]) for n, _ in self.modules if _LAYER_INDEX.match(n)}
+            raise UserError(
+                f"no LoRA-able Linear layers found inside the encoder layers of this "
+                f"{type(self.model).__name__}"
+            )
+        indices = {
+            int(_LAYER_INDEX.match(n)["idx"]) for n, _ in self.modules if _LAYER_INDEX.match(n)
+        }
         self.num_layers = max(indices) + 1
         self._heads: dict[str, tuple[int, int, int]] = {}  # lora.head -> head, other, total
 
@@ -182,8 +206,12 @@ class Planner:
         found: dict[str, nn.Linear] = {}
         for name, mod in self.modules:
             m = _LAYER_INDEX.match(name)
-            if m and isinstance(mod, nn.Linear) and not any(h in name.split(".") for h in _HEAD_NAMES):
-                found.setdefault(name[m.end():], mod)
+            if (
+                m
+                and isinstance(mod, nn.Linear)
+                and not any(h in name.split(".") for h in _HEAD_NAMES)
+            ):
+                found.setdefault(name[m.end() :], mod)
         out = []
         for path, mod in found.items():
             parts = path.split(".")
@@ -228,7 +256,12 @@ class Planner:
         subsets = [("all", None)]
         for label, k in (("top half", n // 2), ("top quarter", n // 4)):
             if 0 < k < n and list(range(n - k, n)) not in [s for _, s in subsets]:
-                subsets.append((f"{n - k}-{n - 1} ({label})" if k > 1 else f"{n - 1} ({label})", list(range(n - k, n))))
+                subsets.append(
+                    (
+                        f"{n - k}-{n - 1} ({label})" if k > 1 else f"{n - 1} ({label})",
+                        list(range(n - k, n)),
+                    )
+                )
         return subsets
 
     # -- counting ------------------------------------------------------------------------------
@@ -249,7 +282,10 @@ class Planner:
             return None
         peft_config = lora_config(settings)
         # what PeftModelForSequenceClassification does before injecting: the head is never a LoRA target
-        peft_config.modules_to_save = list(peft_config.modules_to_save or []) + ["classifier", "score"]
+        peft_config.modules_to_save = list(peft_config.modules_to_save or []) + [
+            "classifier",
+            "score",
+        ]
         total, matched = 0, False
         for name, module in self.modules:
             if check_target_module_exists(peft_config, name):
@@ -259,8 +295,11 @@ class Planner:
                 total, matched = total + size, True
         if not matched:
             targets = ", ".join(settings.target_modules)
-            raise UserError(f"LoRA layout does not fit this model (no module matches target_modules [{targets}]"
-                            + (f" in layers {settings.layers}" if settings.layers is not None else "") + ")")
+            raise UserError(
+                f"LoRA layout does not fit this model (no module matches target_modules [{targets}]"
+                + (f" in layers {settings.layers}" if settings.layers is not None else "")
+                + ")"
+            )
         return total
 
     def _head_counts(self, head: str = "full") -> tuple[int, int, int]:
@@ -268,8 +307,12 @@ class Planner:
             settings = self._reference(head)
             ref = self.exact(settings)
             fast = self.lora_params(settings)
-            if fast is not None and fast != ref.lora:  # PEFT changed its matching: never report a wrong count
-                raise RuntimeError(f"plan: fast LoRA count {fast} != PEFT's {ref.lora} for {settings}")
+            if (
+                fast is not None and fast != ref.lora
+            ):  # PEFT changed its matching: never report a wrong count
+                raise RuntimeError(
+                    f"plan: fast LoRA count {fast} != PEFT's {ref.lora} for {settings}"
+                )
             self._heads[head] = (ref.head, ref.other, ref.total - ref.lora)
         return self._heads[head]
 
@@ -290,7 +333,9 @@ class Planner:
         """All parameters of the model as saved (base + head), without LoRA."""
         return self._head_counts()[2]
 
-    def layout(self, settings: LoraSettings, budget: int, targets: str = "", layers_label: str = "all") -> Layout:
+    def layout(
+        self, settings: LoraSettings, budget: int, targets: str = "", layers_label: str = "all"
+    ) -> Layout:
         lora = self.lora_params(settings)
         if lora is None:
             c = self.exact(settings)
@@ -301,26 +346,48 @@ class Planner:
 
         layers = None if settings.layers is None else list(settings.layers)
         cost = round(step_cost(self, layers, lora, head + other), 4)
-        return Layout(settings.r, list(settings.target_modules), layers, lora, head, other, budget,
-                      targets or ",".join(settings.target_modules), layers_label, settings.head,
-                      cost)
+        return Layout(
+            settings.r,
+            list(settings.target_modules),
+            layers,
+            lora,
+            head,
+            other,
+            budget,
+            targets or ",".join(settings.target_modules),
+            layers_label,
+            settings.head,
+            cost,
+        )
 
     def enumerate(self, budget: int, ranks=DEFAULT_RANKS, heads=None) -> list[Layout]:
         """Every head choice x rank x target set x layer subset; fitting first, largest first."""
         layouts = [
-            self.layout(LoraSettings(r=r, target_modules=names, layers=layers, head=head), budget,
-                        label, layers_label)
-            for head in (heads or self.head_choices()) for label, names in self.target_sets()
-            for layers_label, layers in self.layer_subsets() for r in ranks
+            self.layout(
+                LoraSettings(r=r, target_modules=names, layers=layers, head=head),
+                budget,
+                label,
+                layers_label,
+            )
+            for head in (heads or self.head_choices())
+            for label, names in self.target_sets()
+            for layers_label, layers in self.layer_subsets()
+            for r in ranks
         ]
         return sort_layouts(layouts)
 
 
 def sort_layouts(layouts: list[Layout]) -> list[Layout]:
     """Fitting layouts by trainable params (desc; ties: more layers, then lower rank); then the rest ascending."""
+
     def key(lay: Layout):
         n_layers = -(lay.layers is None) * 10**6 - len(lay.layers or [])
-        return (not lay.fits, -lay.trainable_params if lay.fits else lay.trainable_params, n_layers, lay.r)
+        return (
+            not lay.fits,
+            -lay.trainable_params if lay.fits else lay.trainable_params,
+            n_layers,
+            lay.r,
+        )
 
     return sorted(layouts, key=key)
 
@@ -334,8 +401,9 @@ class Plan:
     layouts: list[Layout]
 
 
-def plan(model: str, budget: int, ranks=DEFAULT_RANKS, num_labels: int = len(AG_NEWS_LABELS),
-         heads=None) -> Plan:
+def plan(
+    model: str, budget: int, ranks=DEFAULT_RANKS, num_labels: int = len(AG_NEWS_LABELS), heads=None
+) -> Plan:
     """Layouts for every head choice in ``heads`` (default: each ``lora.head`` differing here)."""
     if budget <= 0:
         raise UserError(f"--budget must be positive, got {budget}")
@@ -358,9 +426,13 @@ def plan(model: str, budget: int, ranks=DEFAULT_RANKS, num_labels: int = len(AG_
 # output
 
 
-_HEAD_WHAT = {"full": ("classifier head", "lora.head=full: trained in full"),
-              "out_proj": ("head out_proj only",
-                           "lora.head=out_proj: its dense layer frozen at the pooler or identity")}
+_HEAD_WHAT = {
+    "full": ("classifier head", "lora.head=full: trained in full"),
+    "out_proj": (
+        "head out_proj only",
+        "lora.head=out_proj: its dense layer frozen at the pooler or identity",
+    ),
+}
 
 
 def _head_lines(p: Plan) -> list[str]:
@@ -370,13 +442,17 @@ def _head_lines(p: Plan) -> list[str]:
     for i, head in enumerate(heads):
         n, left = pl.head_params_for(head), b - pl.head_params_for(head)
         what, how = _HEAD_WHAT[head]
-        rest = (f"{left:,} left for LoRA" if left > 0
-                else "nothing left for LoRA: the head alone is over budget")
+        rest = (
+            f"{left:,} left for LoRA"
+            if left > 0
+            else "nothing left for LoRA: the head alone is over budget"
+        )
         share = f"{100 * n / b:.1f} % of the budget"
         lines.append(f"{'head' if i == 0 else '':<10}{what} {n:,} = {share} ({how}); {rest}")
     if "out_proj" not in pl.head_choices():
-        lines.append(f"{'':<10}(the head is a single Linear: lora.head=out_proj is the same as "
-                     f"full here)")
+        lines.append(
+            f"{'':<10}(the head is a single Linear: lora.head=out_proj is the same as full here)"
+        )
     return lines
 
 
@@ -391,8 +467,11 @@ def _grid(p: Plan, head: str) -> list[str]:
         if lay.head == head:
             cells.setdefault((lay.targets, lay.layers_label), {})[lay.r] = lay
     at = 8 if 8 in ranks else ranks[len(ranks) // 2]  # the cost barely moves with the rank
-    lines = [f"  {'targets':<11} {'layers':<19}" + "".join(f"{'r=' + str(r):>12}" for r in ranks)
-             + f"  cost/step (r={at})"]
+    lines = [
+        f"  {'targets':<11} {'layers':<19}"
+        + "".join(f"{'r=' + str(r):>12}" for r in ranks)
+        + f"  cost/step (r={at})"
+    ]
     for (label, layers_label), by_r in cells.items():
         row = ""
         for r in ranks:
@@ -407,13 +486,17 @@ def _grid(p: Plan, head: str) -> list[str]:
 def _top(fitting: list[Layout], b: int, with_head: bool) -> list[str]:
     width = max(len(",".join(lay.target_modules)) for lay in fitting)
     hw = 9 if with_head else 0
-    lines = [f"  {'head' if hw else '':<{hw}}{'r':>3}  {'target_modules':<{width}}  {'layers':<19} "
-             f"{'LoRA':>10} {'trainable':>11} {'of budget':>9} {'cost/step':>9}"]
+    lines = [
+        f"  {'head' if hw else '':<{hw}}{'r':>3}  {'target_modules':<{width}}  {'layers':<19} "
+        f"{'LoRA':>10} {'trainable':>11} {'of budget':>9} {'cost/step':>9}"
+    ]
     for lay in fitting:
-        lines.append(f"  {lay.head if hw else '':<{hw}}{lay.r:>3}  "
-                     f"{','.join(lay.target_modules):<{width}}  {lay.layers_label:<19} "
-                     f"{lay.lora_params:>10,} {lay.trainable_params:>11,} "
-                     f"{100 * lay.trainable_params / b:>8.1f}% {lay.step_cost:>9.2f}")
+        lines.append(
+            f"  {lay.head if hw else '':<{hw}}{lay.r:>3}  "
+            f"{','.join(lay.target_modules):<{width}}  {lay.layers_label:<19} "
+            f"{lay.lora_params:>10,} {lay.trainable_params:>11,} "
+            f"{100 * lay.trainable_params / b:>8.1f}% {lay.step_cost:>9.2f}"
+        )
     return lines
 
 
@@ -422,22 +505,32 @@ def format_plan(p: Plan, top: int = 10) -> str:
     fitting = [lay for lay in p.layouts if lay.fits]
     heads = sorted({lay.head for lay in p.layouts}, key=HEAD_CHOICES.index)
     hidden = getattr(cfg, "hidden_size", getattr(cfg, "dim", "?"))
-    lines = [f"model     {p.model}: {type(pl.model).__name__}, {pl.num_layers} layers, "
-             f"hidden {hidden}, {pl.base_params:,} parameters (config only, no weights)"]
+    lines = [
+        f"model     {p.model}: {type(pl.model).__name__}, {pl.num_layers} layers, "
+        f"hidden {hidden}, {pl.base_params:,} parameters (config only, no weights)"
+    ]
     if p.note:
         lines.append(f"note      {p.note}")
     modules = ", ".join(f"{t.target} {t.in_features}x{t.out_features}" for t in pl.targets)
-    shown = (f"the {min(top, len(fitting))} that use most of the budget:" if fitting
-             else "none does.")
-    lines += [f"budget    {b:,} trainable parameters", *_head_lines(p),
-              f"modules   per layer: {modules}", "",
-              f"{len(fitting)} of {len(p.layouts)} layouts fit; {shown}"]
+    shown = (
+        f"the {min(top, len(fitting))} that use most of the budget:" if fitting else "none does."
+    )
+    lines += [
+        f"budget    {b:,} trainable parameters",
+        *_head_lines(p),
+        f"modules   per layer: {modules}",
+        "",
+        f"{len(fitting)} of {len(p.layouts)} layouts fit; {shown}",
+    ]
     if fitting:
         lines += _top(fitting[:top], b, len(heads) > 1)
     for head in heads:
         which = f", lora.head={head}:" if len(heads) > 1 else ":"
-        lines += ["", f"trainable parameters of every layout (* = fits the budget){which}",
-                  *_grid(p, head)]
+        lines += [
+            "",
+            f"trainable parameters of every layout (* = fits the budget){which}",
+            *_grid(p, head),
+        ]
     from .layout_cost import BASIS
 
     lines.append(f"  cost/step: {BASIS}")
@@ -448,6 +541,9 @@ def format_plan(p: Plan, top: int = 10) -> str:
         sets_ = f" --set 'lora.layers={best.layers}'" if best.layers is not None else ""
         head_ = f" --set lora.head={best.head}" if best.head != "full" else ""
         targets = ", ".join(best.target_modules)
-        lines += ["", f"train the first: agnews-lora train --set lora.r={best.r} "
-                      f"--set 'lora.target_modules=[{targets}]'{sets_}{head_}"]
+        lines += [
+            "",
+            f"train the first: agnews-lora train --set lora.r={best.r} "
+            f"--set 'lora.target_modules=[{targets}]'{sets_}{head_}",
+        ]
     return "\n".join(lines)

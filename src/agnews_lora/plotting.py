@@ -26,8 +26,16 @@ def plot_training_curves(rows: list[dict], out_dir: Path) -> None:
     val = [r for r in rows if r.get("split") == "validation"]
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", color="tab:blue")
-    ax.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="validation loss", color="tab:orange")
+    ax.plot(
+        [r["step"] for r in train], [r["loss"] for r in train], label="train loss", color="tab:blue"
+    )
+    ax.plot(
+        [r["step"] for r in val],
+        [r["loss"] for r in val],
+        "o-",
+        label="validation loss",
+        color="tab:orange",
+    )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy loss")
     ax.set_title("Loss")
@@ -36,11 +44,21 @@ def plot_training_curves(rows: list[dict], out_dir: Path) -> None:
     _save(fig, out_dir / "loss_curves.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in val], [r["accuracy"] for r in val], "o-", label="validation accuracy", color="tab:green")
+    ax.plot(
+        [r["step"] for r in val],
+        [r["accuracy"] for r in val],
+        "o-",
+        label="validation accuracy",
+        color="tab:green",
+    )
     if val:
         best = max(val, key=lambda r: r["accuracy"])
-        ax.annotate(f"best {best['accuracy']:.4f} @ {best['step']}", (best["step"], best["accuracy"]),
-                    textcoords="offset points", xytext=(-60, -18))
+        ax.annotate(
+            f"best {best['accuracy']:.4f} @ {best['step']}",
+            (best["step"], best["accuracy"]),
+            textcoords="offset points",
+            xytext=(-60, -18),
+        )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("accuracy")
     ax.set_title("Validation accuracy")
@@ -49,14 +67,23 @@ def plot_training_curves(rows: list[dict], out_dir: Path) -> None:
     _save(fig, out_dir / "accuracy_curve.png")
 
 
-def plot_confusion_matrix(matrix: np.ndarray, labels: list[str], path: Path, title: str = "Confusion matrix") -> None:
+def plot_confusion_matrix(
+    matrix: np.ndarray, labels: list[str], path: Path, title: str = "Confusion matrix"
+) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4.8))
     norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            ax.text(j, i, f"{matrix[i, j]}\n{norm[i, j]:.1%}", ha="center", va="center", fontsize=8,
-                    color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]}\n{norm[i, j]:.1%}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")

@@ -4,7 +4,8 @@
 multiple of 8 and hands it to a backend (`backends.load_backend`): ``torch``, the run's
 ``merged/`` model, a plain transformers model with no LoRA side branches, under
 ``torch.inference_mode`` in bf16 where the hardware has it; or ``onnx`` / ``openvino``, the run's
-export (`agnews_lora.runtimes`), in fp32 on the CPU.  The training loop's validation goes through the same planner and padding
+export (`agnews_lora.runtimes`), in fp32 on the CPU.  The training loop's validation goes through
+the same planner and padding
 (`batched_logits`).  Label names come from the model itself (``merged/config.json``).
 """
 
@@ -16,8 +17,8 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -186,7 +187,7 @@ class Predictor:
         precision: str = "auto",
         device: str | None = None,
         quantized: bool = False,
-    ) -> "Predictor":
+    ) -> Predictor:
         """A Predictor around an in-memory torch model (`TorchBackend`)."""
         from .backends import TorchBackend
 
@@ -208,7 +209,7 @@ class Predictor:
         quantize: str | None = None,
         backend: str = "torch",
         threads: int | None = None,
-    ) -> "Predictor":
+    ) -> Predictor:
         """The run's model behind ``backend`` (`backends.BACKENDS`): "torch" runs ``merged/``,
         "onnx" / "openvino" the run's export (``quantize="int8"``: its int8 export), which must
         exist (`agnews-lora export`); ``threads``: the runtime's threads (not torch's)."""
@@ -263,7 +264,7 @@ class Predictor:
 
     @property
     def backend_kind(self) -> str:
-        """"torch", "onnx", "openvino" (`backends.BACKENDS`), or "custom"."""
+        """ "torch", "onnx", "openvino" (`backends.BACKENDS`), or "custom"."""
         return getattr(self.backend, "kind", "custom")
 
     def precision_context(self):

@@ -144,7 +144,9 @@ def load_run_config(run_dir: str | Path) -> Config:
     try:
         data = read_yaml_file(cfg_path, "run config")
     except UserError as e:
-        raise UserError(f"'{cfg_path}' is corrupt; the run directory cannot be used ({e})") from None
+        raise UserError(
+            f"'{cfg_path}' is corrupt; the run directory cannot be used ({e})"
+        ) from None
     try:
         return config_from_dict({} if data is None else data)
     except UserError as e:

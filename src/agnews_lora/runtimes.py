@@ -174,9 +174,8 @@ RUNTIME_BACKENDS = {"onnx": OnnxBackend, "openvino": OpenVinoBackend}
 
 def export_command(run_dir: str | Path, fmt: str, int8: bool) -> str:
     """The `agnews-lora export` command line that writes this export."""
-    return (
-        f"agnews-lora export {shlex.quote(str(run_dir))} --format {fmt}"
-        + (" --quantize int8" if int8 else "")
+    return f"agnews-lora export {shlex.quote(str(run_dir))} --format {fmt}" + (
+        " --quantize int8" if int8 else ""
     )
 
 

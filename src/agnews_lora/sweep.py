@@ -64,10 +64,14 @@ def _pairs(value: Any, where: str) -> dict[str, Any]:
             key, value = parse_override(item)  # the bounded YAML loader of --set
             out[key] = value
     else:
-        raise UserError(f"{where} must be a mapping of config keys to values (or a list of KEY=VALUE strings)")
+        raise UserError(
+            f"{where} must be a mapping of config keys to values (or a list of KEY=VALUE strings)"
+        )
     for key in out:
         if key.split(".")[0] in RESERVED:
-            raise UserError(f"{where}: '{key}' is set by the sweep itself (use output_dir / --output-dir of the sweep)")
+            raise UserError(
+                f"{where}: '{key}' is set by the sweep itself (use output_dir / --output-dir of the sweep)"
+            )
     return out
 
 
@@ -87,7 +91,8 @@ def _slug(value: Any) -> str:
 
 
 def _part(key: str, label: str, named: bool) -> str:
-    """One part of a child name: a chosen label as is, else the key's last part + the value (r4, learning_rate-0.001)."""
+    """One part of a child name: a chosen label as is, else the key's last part + the value (r4,
+    learning_rate-0.001)."""
     short = key.split(".")[-1]
     return label if named else f"{short}{label}" if len(short) == 1 else f"{short}-{label}"
 
@@ -102,12 +107,20 @@ def _grid_children(grid: Any, where: str) -> list[Child]:
         elif isinstance(values, list):
             axis = [(_slug(v), v, False) for v in values]
         else:
-            raise UserError(f"{where}: grid '{key}' must be a list of values (or a mapping label -> value), got {values!r}")
+            raise UserError(
+                f"{where}: grid '{key}' must be a list of values (or a mapping label -> value), got {values!r}"
+            )
         if not axis:
             raise UserError(f"{where}: grid '{key}' has no values")
         axes.append([(key, label, v, named) for label, v, named in axis])
-    return [Child("_".join(_part(k, label, named) for k, label, _, named in combo), {k: v for k, _, v, _ in combo},
-                  {k: label for k, label, _, _ in combo}) for combo in itertools.product(*axes)]
+    return [
+        Child(
+            "_".join(_part(k, label, named) for k, label, _, named in combo),
+            {k: v for k, _, v, _ in combo},
+            {k: label for k, label, _, _ in combo},
+        )
+        for combo in itertools.product(*axes)
+    ]
 
 
 def _run_children(runs: Any, where: str) -> list[Child]:
@@ -120,7 +133,11 @@ def _run_children(runs: Any, where: str) -> list[Child]:
             raise UserError(f"{w}: expected a mapping with keys 'name' (optional) and 'set'")
         sets = _pairs(run.get("set"), w)
         labels = {k: _slug(v) for k, v in sets.items()}
-        name = str(run["name"]) if run.get("name") is not None else ("_".join(_part(k, v, False) for k, v in labels.items()) or "base")
+        name = (
+            str(run["name"])
+            if run.get("name") is not None
+            else ("_".join(_part(k, v, False) for k, v in labels.items()) or "base")
+        )
         children.append(Child(name, sets, labels))
     return children
 
@@ -135,7 +152,11 @@ def load_sweep(path: str | Path, output_dir: str | Path | None = None) -> Sweep:
     for key in data:
         if key not in SWEEP_KEYS:
             close = difflib.get_close_matches(str(key), SWEEP_KEYS, n=1, cutoff=0.5)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(SWEEP_KEYS)})"
+            hint = (
+                f" (did you mean '{close[0]}'?)"
+                if close
+                else f" (valid keys: {', '.join(SWEEP_KEYS)})"
+            )
             raise UserError(f"{where}: unknown key '{key}'{hint}")
     if data.get("grid") is None and data.get("runs") is None:
         raise UserError(f"{where} defines no children: add a 'grid' and/or 'runs'")
@@ -146,7 +167,9 @@ def load_sweep(path: str | Path, output_dir: str | Path | None = None) -> Sweep:
         candidates = [raw] if raw.is_absolute() else [raw, path.parent / raw]
         base = next((c for c in candidates if c.is_file()), None)
         if base is None:
-            raise UserError(f"{where}: base_config '{raw}' not found (looked in the working directory and next to the sweep file)")
+            raise UserError(
+                f"{where}: base_config '{raw}' not found (looked in the working directory and next to the sweep file)"
+            )
     overrides = _pairs(data.get("overrides"), f"{where} overrides")
     children = []
     if data.get("grid") is not None:
@@ -158,9 +181,13 @@ def load_sweep(path: str | Path, output_dir: str | Path | None = None) -> Sweep:
     seen: dict[str, Child] = {}
     for child in children:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=-]*", child.name):
-            raise UserError(f"{where}: child name '{child.name}' must be letters, digits and . _ + = - (no slashes)")
+            raise UserError(
+                f"{where}: child name '{child.name}' must be letters, digits and . _ + = - (no slashes)"
+            )
         if child.name in seen:
-            raise UserError(f"{where}: two children are named '{child.name}'; give the runs entries distinct names")
+            raise UserError(
+                f"{where}: two children are named '{child.name}'; give the runs entries distinct names"
+            )
         seen[child.name] = child
         try:
             cfg = load_config(base, _set_strings(overrides) + _set_strings(child.sets))
@@ -196,16 +223,32 @@ def _value(cfg: Config, key: str) -> Any:
     return ",".join(map(str, obj)) if isinstance(obj, list) else obj
 
 
-def _row(sweep: Sweep, child: Child, status: str, summary: dict | None = None, counts=None, error: str = "") -> dict:
+def _row(
+    sweep: Sweep,
+    child: Child,
+    status: str,
+    summary: dict | None = None,
+    counts=None,
+    error: str = "",
+) -> dict:
     cfg = child.config
     row = {"name": child.name, "status": status, **{k: _value(cfg, k) for k in sweep.swept_keys}}
     if summary:
         p, b = summary.get("params", {}), summary.get("best", {})
-        row.update(trainable_params=p.get("trainable"), lora_params=p.get("lora"), head_params=p.get("head"),
-                   val_accuracy=b.get("val_accuracy"), val_macro_f1=b.get("val_macro_f1"), best_step=b.get("step"),
-                   steps=summary.get("steps"), train_seconds=summary.get("timings", {}).get("train_seconds"))
+        row.update(
+            trainable_params=p.get("trainable"),
+            lora_params=p.get("lora"),
+            head_params=p.get("head"),
+            val_accuracy=b.get("val_accuracy"),
+            val_macro_f1=b.get("val_macro_f1"),
+            best_step=b.get("step"),
+            steps=summary.get("steps"),
+            train_seconds=summary.get("timings", {}).get("train_seconds"),
+        )
     elif counts is not None:
-        row.update(trainable_params=counts.trainable, lora_params=counts.lora, head_params=counts.head)
+        row.update(
+            trainable_params=counts.trainable, lora_params=counts.lora, head_params=counts.head
+        )
     budget = cfg.budget.max_trainable_params
     row.update(budget=budget, run_dir=str(Path(sweep.output_dir) / child.name), error=error)
     if row.get("trainable_params") is not None:
@@ -224,12 +267,26 @@ def _run_child(sweep: Sweep, child: Child, progress: bool) -> dict:
         try:
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return _row(sweep, child, "failed", error=f"{summary_path} is corrupt; delete {run_dir} to retrain")
+            return _row(
+                sweep,
+                child,
+                "failed",
+                error=f"{summary_path} is corrupt; delete {run_dir} to retrain",
+            )
         if _same_config(run_dir, cfg):
             log.info("  finished earlier: skipped")
             return _row(sweep, child, "done", summary)
-        log.warning("  finished earlier with a different config: kept as 'stale'; delete %s to retrain it", run_dir)
-        return _row(sweep, child, "stale", summary, error="trained with a different config; delete the run directory to retrain")
+        log.warning(
+            "  finished earlier with a different config: kept as 'stale'; delete %s to retrain it",
+            run_dir,
+        )
+        return _row(
+            sweep,
+            child,
+            "stale",
+            summary,
+            error="trained with a different config; delete the run directory to retrain",
+        )
     try:
         counts = plan_counts(cfg)
     except UserError as e:
@@ -240,7 +297,9 @@ def _run_child(sweep: Sweep, child: Child, progress: bool) -> dict:
         log.warning("  %s", e)
         return _row(sweep, child, "over_budget", counts=counts, error=str(e))
     resume, status = None, "ok"
-    if (run_dir / "config.yaml").is_file():  # started before but unfinished: resume from a checkpoint, else start over
+    if (
+        run_dir / "config.yaml"
+    ).is_file():  # started before but unfinished: resume from a checkpoint, else start over
         if _same_config(run_dir, cfg) and ckpt.latest_checkpoint(run_dir / "checkpoints"):
             resume, status = run_dir, "resumed"
             log.info("  resuming the unfinished run from its latest checkpoint")
@@ -272,8 +331,12 @@ def run_sweep(sweep: Sweep, progress: bool = False) -> list[dict]:
             row = _run_child(sweep, child, progress)
             rows.append(row)
             if row.get("val_accuracy") is not None and row["status"] in ("ok", "resumed"):
-                log.info("  val accuracy %.4f with %s trainable parameters in %.0f s", row["val_accuracy"],
-                         f"{row['trainable_params']:,}", row.get("train_seconds") or 0)
+                log.info(
+                    "  val accuracy %.4f with %s trainable parameters in %.0f s",
+                    row["val_accuracy"],
+                    f"{row['trainable_params']:,}",
+                    row.get("train_seconds") or 0,
+                )
     finally:  # also on Ctrl-C: what is done so far is summarised; the rest is 'pending'
         done = {r["name"] for r in rows}
         rows += [_row(sweep, c, "pending") for c in sweep.children if c.name not in done]

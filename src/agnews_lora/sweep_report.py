@@ -12,21 +12,39 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .sweep import Sweep
 
-COLUMNS = ["name", "status", "trainable_params", "lora_params", "head_params", "budget", "fits_budget", "val_accuracy",
-           "val_macro_f1", "best_step", "steps", "train_seconds", "pareto", "run_dir", "error"]
+COLUMNS = [
+    "name",
+    "status",
+    "trainable_params",
+    "lora_params",
+    "head_params",
+    "budget",
+    "fits_budget",
+    "val_accuracy",
+    "val_macro_f1",
+    "best_step",
+    "steps",
+    "train_seconds",
+    "pareto",
+    "run_dir",
+    "error",
+]
 TRAINED = ("ok", "resumed", "done", "stale")  # statuses with results
 
 
 def mark_pareto(rows: list[dict]) -> None:
     """``pareto`` = no other trained, in-budget child has fewer (or equal) params and higher accuracy."""
-    pts = [r for r in rows if r["status"] in TRAINED and r.get("val_accuracy") is not None and r.get("fits_budget")]
+    pts = [
+        r
+        for r in rows
+        if r["status"] in TRAINED and r.get("val_accuracy") is not None and r.get("fits_budget")
+    ]
     best = float("-inf")
     for r in rows:
         r["pareto"] = False
     for r in sorted(pts, key=lambda r: (r["trainable_params"], -r["val_accuracy"])):
         if r["val_accuracy"] > best:
             r["pareto"], best = True, r["val_accuracy"]
-
 
 
 def write_reports(sweep: Sweep, rows: list[dict], kind: str = "Sweep") -> None:
@@ -58,30 +76,72 @@ def _fmt(v: Any, digits: int = 4) -> str:
 def table(sweep: Sweep, rows: list[dict]) -> list[str]:
     """The markdown table of children in sweep order (also printed by the CLI)."""
     keys = sweep.swept_keys
-    head = ["child", "status", *keys, "trainable", "of budget", "val acc", "val macro-F1", "train s", "Pareto"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 2 + len(keys) else "---:" for i in range(len(head))) + "|"]
+    head = [
+        "child",
+        "status",
+        *keys,
+        "trainable",
+        "of budget",
+        "val acc",
+        "val macro-F1",
+        "train s",
+        "Pareto",
+    ]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" if i < 2 + len(keys) else "---:" for i in range(len(head))) + "|",
+    ]
     for r in rows:
-        frac = f"{100 * r['trainable_params'] / r['budget']:.1f} %" if r.get("trainable_params") else ""
-        cells = [f"`{r['name']}`", r["status"], *[_fmt(r.get(k)) for k in keys], _fmt(r.get("trainable_params")), frac,
-                 _fmt(r.get("val_accuracy")), _fmt(r.get("val_macro_f1")), _fmt(r.get("train_seconds"), 1),
-                 "★" if r.get("pareto") else ""]
+        frac = (
+            f"{100 * r['trainable_params'] / r['budget']:.1f} %"
+            if r.get("trainable_params")
+            else ""
+        )
+        cells = [
+            f"`{r['name']}`",
+            r["status"],
+            *[_fmt(r.get(k)) for k in keys],
+            _fmt(r.get("trainable_params")),
+            frac,
+            _fmt(r.get("val_accuracy")),
+            _fmt(r.get("val_macro_f1")),
+            _fmt(r.get("train_seconds"), 1),
+            "★" if r.get("pareto") else "",
+        ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return lines
 
 
 def markdown(sweep: Sweep, rows: list[dict]) -> str:
     counts = Counter(r["status"] for r in rows)
-    lines = [f"# Sweep `{sweep.path.stem}`", "",
-             f"- sweep file: `{sweep.path}`", f"- base config: `{sweep.base_config or 'built-in defaults'}`",
-             f"- shared overrides: {', '.join(f'`{k}={json.dumps(v)}`' for k, v in sweep.overrides.items()) or 'none'}",
-             f"- children: {len(rows)} ({', '.join(f'{n} {s}' for s, n in counts.items())})", "", *table(sweep, rows), ""]
+    lines = [
+        f"# Sweep `{sweep.path.stem}`",
+        "",
+        f"- sweep file: `{sweep.path}`",
+        f"- base config: `{sweep.base_config or 'built-in defaults'}`",
+        f"- shared overrides: {', '.join(f'`{k}={json.dumps(v)}`' for k, v in sweep.overrides.items()) or 'none'}",
+        f"- children: {len(rows)} ({', '.join(f'{n} {s}' for s, n in counts.items())})",
+        "",
+        *table(sweep, rows),
+        "",
+    ]
     best = max((r for r in rows if r.get("pareto")), key=lambda r: r["val_accuracy"], default=None)
     if best:
-        front = [r["name"] for r in sorted(rows, key=lambda r: r.get("trainable_params") or 0) if r.get("pareto")]
-        lines += [f"Best validation accuracy within the budget: **`{best['name']}`**, {best['val_accuracy']:.4f} with "
-                  f"{best['trainable_params']:,} trainable parameters.",
-                  f"Pareto-optimal (★: no child with fewer parameters is as accurate): {', '.join(f'`{n}`' for n in front)}."]
-    lines += [f"- `{r['name']}` {r['status']}: {r['error']}" for r in rows if r["status"] in ("failed", "over_budget", "stale")]
+        front = [
+            r["name"]
+            for r in sorted(rows, key=lambda r: r.get("trainable_params") or 0)
+            if r.get("pareto")
+        ]
+        lines += [
+            f"Best validation accuracy within the budget: **`{best['name']}`**, {best['val_accuracy']:.4f} with "
+            f"{best['trainable_params']:,} trainable parameters.",
+            f"Pareto-optimal (★: no child with fewer parameters is as accurate): {', '.join(f'`{n}`' for n in front)}.",
+        ]
+    lines += [
+        f"- `{r['name']}` {r['status']}: {r['error']}"
+        for r in rows
+        if r["status"] in ("failed", "over_budget", "stale")
+    ]
     lines += ["", "![validation accuracy vs trainable parameters](pareto.png)", ""]
     return "\n".join(lines)
 
@@ -106,15 +166,36 @@ def plot_pareto(sweep: Sweep, rows: list[dict], path: Path) -> None:
     for label, group in groups.items():
         group.sort(key=lambda r: r["trainable_params"])
         name = f"{series_key.split('.')[-1]} = {label}" if series_key else label
-        ax.plot([r["trainable_params"] for r in group], [r["val_accuracy"] for r in group], "o-", alpha=0.85, label=name)
+        ax.plot(
+            [r["trainable_params"] for r in group],
+            [r["val_accuracy"] for r in group],
+            "o-",
+            alpha=0.85,
+            label=name,
+        )
         for r in group:
             lab = children[r["name"]].labels
-            text = " ".join(f"{k.split('.')[-1]}={v}" for k, v in lab.items() if k != series_key) or r["name"]
-            ax.annotate(text, (r["trainable_params"], r["val_accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            text = (
+                " ".join(f"{k.split('.')[-1]}={v}" for k, v in lab.items() if k != series_key)
+                or r["name"]
+            )
+            ax.annotate(
+                text,
+                (r["trainable_params"], r["val_accuracy"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
     front = sorted((r for r in pts if r.get("pareto")), key=lambda r: r["trainable_params"])
     if front:
-        ax.step([r["trainable_params"] for r in front], [r["val_accuracy"] for r in front], where="post", color="gray",
-                linestyle=":", label="Pareto front")
+        ax.step(
+            [r["trainable_params"] for r in front],
+            [r["val_accuracy"] for r in front],
+            where="post",
+            color="gray",
+            linestyle=":",
+            label="Pareto front",
+        )
     for budget in sorted({r["budget"] for r in (pts or rows)}):
         ax.axvline(budget, color="tab:red", linestyle="--", label=f"budget {budget:,}")
     over = [r for r in rows if r["status"] == "over_budget"]
@@ -123,9 +204,16 @@ def plot_pareto(sweep: Sweep, rows: list[dict], path: Path) -> None:
         ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (LoRA + classifier head)")
     ax.set_ylabel("best validation accuracy")
-    ax.set_title(f"Sweep {sweep.path.stem}: accuracy vs trainable parameters"
-                 + (f" ({len(over)} over budget, not trained)" if over else ""), fontsize=10)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"))
+    ax.set_title(
+        f"Sweep {sweep.path.stem}: accuracy vs trainable parameters"
+        + (f" ({len(over)} over budget, not trained)" if over else ""),
+        fontsize=10,
+    )
+    ax.xaxis.set_major_formatter(
+        matplotlib.ticker.FuncFormatter(
+            lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"
+        )
+    )
     ax.grid(alpha=0.3)
     if not pts:
         ax.text(0.5, 0.5, "no finished children yet", transform=ax.transAxes, ha="center")

@@ -61,8 +61,10 @@ def parse_duration(value) -> float:
         except ValueError:
             parts = _DURATION.findall(text)
             units = [u for _, u in parts]
-            if not parts or "".join(n + u for n, u in parts) != text or len(set(units)) < len(
-                units
+            if (
+                not parts
+                or "".join(n + u for n, u in parts) != text
+                or len(set(units)) < len(units)
             ):
                 raise bad from None
             seconds = sum(float(n) * _UNITS[u] for n, u in parts)
@@ -147,8 +149,14 @@ def measure_pace(loop, load_seconds: float) -> Pace:
         t0 = time.perf_counter()
         if len(sample):
             batched_logits(
-                loop.model, loop.val_enc, t.eval_batch_size, loop.pad_id, loop.acc.device,
-                indices=sample, multiple=t.pad_to_multiple_of, max_length=loop.cfg.model.max_length,
+                loop.model,
+                loop.val_enc,
+                t.eval_batch_size,
+                loop.pad_id,
+                loop.acc.device,
+                indices=sample,
+                multiple=t.pad_to_multiple_of,
+                max_length=loop.cfg.model.max_length,
             )
         _sync(loop.acc.device)
         eval_s = (time.perf_counter() - t0) * len(mine) / max(len(sample), 1)
@@ -187,8 +195,7 @@ def budget_schedule(loop, started: float, load_seconds: float) -> tuple[int, str
     local = measure_pace(loop, load_seconds)
     per_step, eval_s, export_s, elapsed = _slowest(
         loop,
-        [local.seconds_per_step, local.eval_seconds, local.export_seconds,
-         clock() - started],
+        [local.seconds_per_step, local.eval_seconds, local.export_seconds, clock() - started],
     )
     pace = Pace(per_step, local.timed_steps, eval_s, export_s)
     total, line = plan_steps(loop, pace, budget_s, elapsed)

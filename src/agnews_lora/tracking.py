@@ -60,7 +60,7 @@ def check_trackers(names: list[str]) -> list[str]:
                 f"{', '.join(TRACKERS)}"
             )
         if not is_available(name):
-            extra = " (or pip install -e \".[track]\")" if name == "tensorboard" else ""
+            extra = ' (or pip install -e ".[track]")' if name == "tensorboard" else ""
             raise UserError(
                 f"train.report_to: tracker '{name}' needs the {TRACKERS[name]} package, which is "
                 f"not installed: pip install {TRACKERS[name]}{extra}"
@@ -77,8 +77,9 @@ def accelerator_kwargs(names: list[str], run_dir: Path) -> dict:
     from accelerate.tracking import TensorBoardTracker
 
     # tensorboard as an instance: its folder is RUN_DIR/tensorboard, not RUN_DIR/<project>
-    log_with = [TensorBoardTracker("tensorboard", str(run_dir)) if n == "tensorboard" else n
-                for n in names]
+    log_with = [
+        TensorBoardTracker("tensorboard", str(run_dir)) if n == "tensorboard" else n for n in names
+    ]
     return {"log_with": log_with, "project_dir": str(run_dir)}
 
 

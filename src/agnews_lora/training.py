@@ -116,7 +116,7 @@ def setup(
     resume: str | Path | None = None,
     progress: bool = True,
     splits: dict[str, Table] | None = None,
-) -> "Loop":
+) -> Loop:
     """Everything before the first step: a `Loop` ready to `fit`, its run directory created.
 
     ``resume``: a run directory: its config.yaml replaces ``cfg``, its last checkpoint is restored.

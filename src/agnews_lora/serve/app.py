@@ -19,7 +19,6 @@ import os
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Optional
 
 from .. import __version__
 from .batcher import MicroBatcher, Overloaded, ShuttingDown
@@ -40,8 +39,8 @@ def _schemas(max_texts: int):
     class ClassifyRequest(BaseModel):
         """Exactly one of `text` and `texts`."""
 
-        text: Optional[str] = Field(None, min_length=1, description="one text to classify")
-        texts: Optional[list[str]] = Field(
+        text: str | None = Field(None, min_length=1, description="one text to classify")
+        texts: list[str] | None = Field(
             None,
             min_length=1,
             max_length=max_texts,

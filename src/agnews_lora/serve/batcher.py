@@ -22,9 +22,9 @@ import collections
 import functools
 import logging
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from .threads import ThreadPolicy
 

@@ -22,8 +22,8 @@ thread count cannot change per call (no setter) and GPUs use a fixed policy too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 from .model import default_threads, default_workers
 
