@@ -14,6 +14,15 @@ import time
 from pathlib import Path
 
 # ---------------------------------------------------------------------------------------------
+# command lines
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    """``["a=1", "b=2"]`` -> ``["--set", "a=1", "--set", "b=2"]`` (for `agnews-lora train` argv)."""
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+# ---------------------------------------------------------------------------------------------
 # serving: a real `agnews-lora serve` process, with test-only faults injected from outside src/
 
 _SLEEP = re.compile(r"__sleep:(\d{1,5})__")

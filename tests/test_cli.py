@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_overrides
+from helpers import set_args
 
 from agnews_lora.cli import main
 
 
 def _sets(items: list[str]) -> list[str]:
-    out = []
-    for s in items:
-        out += ["--set", s]
-    return out
+    return set_args(items)
 
 
 def _files(root: Path) -> set[str]:

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from conftest import tiny_overrides
+from helpers import set_args
 
 from agnews_lora.runs import read_metrics
 
@@ -35,7 +36,7 @@ def _sets(model, data_dir, tmp, name, **extra):
             **extra,
         },
     )
-    return [x for s in sets for x in ("--set", s)]
+    return set_args(sets)
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import yaml
 from conftest import tiny_overrides
+from helpers import set_args
 from huggingface_hub import ModelCard
 
 from agnews_lora import cli
@@ -86,7 +87,7 @@ def test_cli_run_card_shows_the_command(tiny_model_dir, data_dir, tmp_path, caps
         tmp_path,
         **{"train.max_steps": 20, "train.eval_every": 20, "run_name": "cli"},
     )
-    argv = ["train", "--no-progress"] + [a for s in sets for a in ("--set", s)]
+    argv = ["train", "--no-progress"] + set_args(sets)
     assert cli.main(argv) == 0
     run = tmp_path / "runs" / "cli"
     card = ModelCard.load(run / "merged" / "README.md")

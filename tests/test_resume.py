@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_overrides
+from helpers import set_args
 from safetensors.torch import load_file
 
 from agnews_lora.cli import main
@@ -36,10 +37,7 @@ def _args(tiny_model_dir, data_dir, tmp_path, name, **extra):
             **extra,
         },
     )
-    out = []
-    for s in sets:
-        out += ["--set", s]
-    return out
+    return set_args(sets)
 
 
 def _spawn(args) -> subprocess.Popen:

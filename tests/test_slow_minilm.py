@@ -11,6 +11,7 @@ import json
 
 import pytest
 from conftest import ROOT, SHARED_AGNEWS
+from helpers import set_args
 
 from agnews_lora.cli import main
 from agnews_lora.config import load_config
@@ -78,8 +79,7 @@ def test_offline_pipeline_end_to_end_on_real_rows(tmp_path):
         f"data.train_file={SHARED_AGNEWS}",
     ]
     args = ["train", "--no-progress", "--config", str(ROOT / "configs" / "offline-minilm.yaml")]
-    for s in sets:
-        args += ["--set", s]
+    args += set_args(sets)
     assert main(args) == 0
     run = tmp_path / "e2e"
     assert main(["evaluate", str(run)]) == 0

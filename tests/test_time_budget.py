@@ -4,6 +4,7 @@ import json
 
 import pytest
 from conftest import tiny_overrides
+from helpers import set_args
 from safetensors.torch import load_file
 
 from agnews_lora import time_budget as tb
@@ -172,7 +173,7 @@ def test_a_budget_too_short_is_one_line_exit_2_and_leaves_nothing(
         tmp_path,
         **{"train.time_budget": "30s", "run_name": "short"},
     )
-    args = [a for s in sets for a in ("--set", s)]
+    args = set_args(sets)
     assert main(["train", "--no-progress", *args]) == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # after the info lines: the one error line

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_overrides
+from helpers import set_args
 
 from agnews_lora import cli
 from agnews_lora.tracking import (
@@ -81,7 +82,7 @@ def test_missing_tracker_package_is_one_line_before_anything(
         tmp_path,
         **{"train.report_to": f"[tensorboard,{name}]", "run_name": "x"},
     )
-    argv = ["train", "--no-progress"] + [a for s in sets for a in ("--set", s)]
+    argv = ["train", "--no-progress"] + set_args(sets)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"pip install {package}" in err, err
@@ -92,7 +93,7 @@ def test_unknown_tracker_names_the_nearest(tiny_model_dir, data_dir, tmp_path, c
     sets = tiny_overrides(
         tiny_model_dir, data_dir / "train.csv", tmp_path, **{"train.report_to": "tensorbord"}
     )
-    assert cli.main(["train"] + [a for s in sets for a in ("--set", s)]) == 2
+    assert cli.main(["train"] + set_args(sets)) == 2
     err = capsys.readouterr().err
     assert "unknown tracker 'tensorbord'" in err and "did you mean 'tensorboard'" in err
     assert not (tmp_path / "runs").exists()
