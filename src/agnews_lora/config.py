@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .config_check import apply_mapping, check_section, fail
+from .config_check import apply_mapping, check_section, fail, parse_duration
 from .errors import UserError
 from .safe_yaml import clip, parse_yaml, read_yaml_file, show
 
@@ -284,8 +284,6 @@ def validate(cfg: Config) -> None:
     if t.max_steps is None and t.epochs <= 0:
         raise fail("train.epochs", f"must be positive (or set train.max_steps), got {t.epochs}")
     if t.time_budget is not None:
-        from .time_budget import parse_duration
-
         parse_duration(t.time_budget)
     if not lo.target_modules or not all(m.strip() for m in lo.target_modules):
         raise fail("lora.target_modules", "must name at least one module (no empty names)")

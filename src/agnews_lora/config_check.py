@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from typing import Any, Literal
@@ -195,3 +196,38 @@ def check_section(obj: Any, prefix: str) -> None:
         else:
             where = f"{prefix}{f.name}"
             check_bounds(check_type(value, hints[f.name], where), f.metadata, where)
+
+
+_UNITS = {"h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|min|m|s)")
+
+
+def parse_duration(value) -> float:
+    """Seconds in ``value``: '20m', '90s', '1h', '1h30m', '1.5h' or a number (of minutes)."""
+    bad = UserError(
+        f"train.time_budget must be a duration such as '20m', '90s', '1h', '1h30m' or a number "
+        f"of minutes; got {value!r}"
+    )
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, (int, float)):
+        seconds = float(value) * 60.0
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        try:
+            seconds = float(text) * 60.0
+        except ValueError:
+            parts = _DURATION.findall(text)
+            units = [u for _, u in parts]
+            if (
+                not parts
+                or "".join(n + u for n, u in parts) != text
+                or len(set(units)) < len(units)
+            ):
+                raise bad from None
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    else:
+        raise bad
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise bad
+    return seconds
