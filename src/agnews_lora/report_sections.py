@@ -6,15 +6,20 @@ results and the validation predictions that `run_report` gathers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
 from .html_page import Raw, esc, figure_img, section, table
 from .machine import machine_info
 
-if TYPE_CHECKING:
-    from .run_report import ValPredictions
+
+@dataclass
+class ValPredictions:
+    texts: list[str]
+    labels: np.ndarray
+    probs: np.ndarray  # (rows, classes)
+    total_rows: int  # rows in the whole validation split
 
 
 def _plt():

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .html_page import cards, esc, figure_img, fmt, page, section, write_page
 from .report_sections import (
+    ValPredictions,
     curves_figure,
     eval_section,
     examples_section,
@@ -31,14 +31,6 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 1000  # validation rows predicted for the report (a seeded sample of larger splits)
 N_EXAMPLES = 10
-
-
-@dataclass
-class ValPredictions:
-    texts: list[str]
-    labels: np.ndarray
-    probs: np.ndarray  # (rows, classes)
-    total_rows: int  # rows in the whole validation split
 
 
 def validation_predictions(run_dir: Path, cfg, max_rows: int) -> ValPredictions:

@@ -7,10 +7,7 @@ import csv
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .sweep import Sweep
+from typing import Any
 
 COLUMNS = [
     "name",
@@ -47,7 +44,7 @@ def mark_pareto(rows: list[dict]) -> None:
             r["pareto"], best = True, r["val_accuracy"]
 
 
-def write_reports(sweep: Sweep, rows: list[dict], kind: str = "Sweep") -> None:
+def write_reports(sweep: Any, rows: list[dict], kind: str = "Sweep") -> None:
     """summary.csv, pareto.png, summary.md and report.html (``kind``: its title)."""
     from .sweep_html import write_sweep_html
 
@@ -73,7 +70,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def table(sweep: Sweep, rows: list[dict]) -> list[str]:
+def table(sweep: Any, rows: list[dict]) -> list[str]:
     """The markdown table of children in sweep order (also printed by the CLI)."""
     keys = sweep.swept_keys
     head = [
@@ -112,7 +109,7 @@ def table(sweep: Sweep, rows: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(sweep: Sweep, rows: list[dict]) -> str:
+def markdown(sweep: Any, rows: list[dict]) -> str:
     counts = Counter(r["status"] for r in rows)
     lines = [
         f"# Sweep `{sweep.path.stem}`",
@@ -146,7 +143,7 @@ def markdown(sweep: Sweep, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_pareto(sweep: Sweep, rows: list[dict], path: Path) -> None:
+def plot_pareto(sweep: Any, rows: list[dict], path: Path) -> None:
     """Validation accuracy vs trainable parameters, coloured by one swept key, with the Pareto front and budget line."""
     import matplotlib
 
