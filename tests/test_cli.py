@@ -475,3 +475,13 @@ def test_evaluate_data_names_cannot_escape_eval_or_replace_held_out_results(
         with pytest.raises(UserError, match="cannot name a folder"):
             eval_dir(run, name, True, overwrite=True)
     assert eval_dir(run, "train", True, overwrite=False) == run / "eval" / "train"
+
+
+def test_output_dir_that_is_a_file_is_one_line(tiny_model_dir, data_dir, tmp_path, capsys):
+    afile = tmp_path / "a-file"
+    afile.write_text("not a directory")
+    sets = tiny_overrides(tiny_model_dir, data_dir / "train.csv", tmp_path, output_dir=str(afile))
+    assert main(["train", "--no-progress", *_sets(sets)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: cannot create the run directory") and "is a file" in err[-1]
+    assert afile.read_text() == "not a directory"

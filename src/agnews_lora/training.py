@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -179,8 +180,11 @@ def setup(
 
     # 3. the run directory (only now: bad input above leaves nothing behind)
     if state is None and main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        except OSError as e:
+            raise UserError(f"cannot write the run directory '{run_dir}': {e.strerror or e}") from None
     acc.wait_for_everyone()
 
     cache = cfg.data.cache_dir
@@ -216,6 +220,20 @@ def setup(
 
 
 def _refuse_existing(run_dir: Path) -> None:
+    """A run directory we may create: not a file, not inside a file, writable; not a run already."""
+    for parent in (run_dir, *run_dir.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(
+                    f"cannot create the run directory '{run_dir}': '{parent}' is a file, not a "
+                    f"directory; choose another output_dir / run_name"
+                )
+            if parent != run_dir and not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(
+                    f"cannot create the run directory '{run_dir}': '{parent}' is not writable; "
+                    f"choose another output_dir"
+                )
+            break
     if not (run_dir / "config.yaml").exists():
         return
     if (run_dir / "summary.json").exists():
