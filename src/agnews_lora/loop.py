@@ -33,6 +33,7 @@ from .errors import TrainingInterrupted, UserError
 from .evaluation import classification_metrics
 from .export import export_run
 from .fast_dropout import use_fast_dropout
+from .loop_support import LogWindow, StopSignals
 from .optim import build_optimizer, build_scheduler
 from .prediction import batched_logits
 from .runs import FitResult, MetricsLog, Run
@@ -45,53 +46,6 @@ log = logging.getLogger(__name__)
 OnEval = Callable[[int, dict], None]
 # with several processes, the stop flag (SIGINT / SIGTERM) is all-reduced every N steps
 STOP_SYNC_EVERY = 10
-
-
-class _Signals:
-    """Turn SIGINT/SIGTERM into a flag checked between steps."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-class _Window:
-    """The logging window: summed loss (a device tensor: no wait), tokens, rows, wall time."""
-
-    def __init__(self, device):
-        self._zero = torch.zeros((), dtype=torch.float64, device=device)
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss, self.tokens, self.rows, self.steps = self._zero, 0, 0, 0
-        self.t0 = time.perf_counter()
-
-    def add(self, loss: torch.Tensor, tokens: int, rows: int) -> None:
-        self.loss, self.tokens, self.rows, self.steps = (
-            self.loss + loss,
-            self.tokens + tokens,
-            self.rows + rows,
-            self.steps + 1,
-        )
-
-    def exclude(self, seconds: float) -> None:
-        """Leave time spent on something else (an evaluation) out of the window's throughput."""
-        self.t0 += seconds
 
 
 class Loop:
@@ -339,7 +293,7 @@ class Loop:
                         unit="step",
                         dynamic_ncols=True,
                     )
-            with _Signals() as sig:
+            with StopSignals() as sig:
                 self._steps(sig, metrics_log, bar, on_eval)
         finally:
             if bar is not None:
@@ -350,10 +304,10 @@ class Loop:
         return self.result()
 
     def _steps(
-        self, sig: _Signals, metrics_log: MetricsLog | None, bar, on_eval: OnEval | None
+        self, sig: StopSignals, metrics_log: MetricsLog | None, bar, on_eval: OnEval | None
     ) -> None:
         t = self.cfg.train
-        window = _Window(self.acc.device)
+        window = LogWindow(self.acc.device)
         # the pace was measured before the start (a time budget) or is measured now
         probe = PaceProbe(self.step, self.total_steps) if self.schedule is None else None
         while self.step < self.total_steps:
@@ -385,7 +339,7 @@ class Loop:
             if self.stopped_early:
                 break
 
-    def _log_window(self, w: _Window, metrics_log: MetricsLog | None, bar) -> None:
+    def _log_window(self, w: LogWindow, metrics_log: MetricsLog | None, bar) -> None:
         """Reduce the window across processes (the one wait for the device per window); log it."""
         counts = torch.tensor([w.tokens, w.rows], dtype=torch.float64, device=self.acc.device)
         totals = self.acc.reduce(torch.cat([w.loss.reshape(1), counts]), "sum").tolist()
@@ -457,7 +411,7 @@ class Loop:
         if failure is not None:
             raise failure
 
-    def _stop_requested(self, sig: _Signals, last: bool) -> bool:
+    def _stop_requested(self, sig: StopSignals, last: bool) -> bool:
         if self.world == 1:
             return sig.received is not None
         if self.step % STOP_SYNC_EVERY and not last:  # every process must stop at the same step

@@ -184,7 +184,9 @@ def setup(
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
         except OSError as e:
-            raise UserError(f"cannot write the run directory '{run_dir}': {e.strerror or e}") from None
+            raise UserError(
+                f"cannot write the run directory '{run_dir}': {e.strerror or e}"
+            ) from None
     acc.wait_for_everyone()
 
     cache = cfg.data.cache_dir

@@ -1,0 +1,55 @@
+"""Two small parts of the training loop: the stop-signal flag and the logging window."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import torch
+
+
+class StopSignals:
+    """Turn SIGINT/SIGTERM into a flag checked between steps."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class LogWindow:
+    """The logging window: summed loss (a device tensor: no wait), tokens, rows, wall time."""
+
+    def __init__(self, device):
+        self._zero = torch.zeros((), dtype=torch.float64, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.tokens, self.rows, self.steps = self._zero, 0, 0, 0
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, tokens: int, rows: int) -> None:
+        self.loss, self.tokens, self.rows, self.steps = (
+            self.loss + loss,
+            self.tokens + tokens,
+            self.rows + rows,
+            self.steps + 1,
+        )
+
+    def exclude(self, seconds: float) -> None:
+        """Leave time spent on something else (an evaluation) out of the window's throughput."""
+        self.t0 += seconds
