@@ -67,10 +67,8 @@ def plot_training_curves(rows: list[dict], out_dir: Path) -> None:
     _save(fig, out_dir / "accuracy_curve.png")
 
 
-def plot_confusion_matrix(
-    matrix: np.ndarray, labels: list[str], path: Path, title: str = "Confusion matrix"
-) -> None:
-    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+def draw_confusion(ax, matrix: np.ndarray, labels: list[str], title: str):
+    """Row-normalised confusion matrix with counts and shares in each cell; returns the image."""
     norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(matrix.shape[0]):
@@ -86,8 +84,14 @@ def plot_confusion_matrix(
             )
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return im
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, labels: list[str], path: Path, title: str = "Confusion matrix"
+) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    im = draw_confusion(ax, matrix, labels, title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     _save(fig, Path(path))

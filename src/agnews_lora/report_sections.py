@@ -111,24 +111,10 @@ def curves_figure(rows: list[dict]):
 
 
 def _confusion_figure(matrix: np.ndarray, labels: list[str], title: str):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 4))
-    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            ax.text(
-                j,
-                i,
-                f"{matrix[i, j]}\n{norm[i, j]:.1%}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if norm[i, j] > 0.5 else "black",
-            )
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    from .plotting import draw_confusion
+
+    fig, ax = _plt().subplots(figsize=(4.6, 4))
+    draw_confusion(ax, matrix, labels, title)
     return fig
 
 
