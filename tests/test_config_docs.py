@@ -76,6 +76,7 @@ def test_readme_table_has_type_default_and_bounds_of_every_key():
     assert "| `train.seed` | int | `42` | in [0, 4294967295] |" in table
     assert "| `lora.layers` | list[int] or null | `null` | each >= 0 |" in table
     assert "| `train.precision` | str | `auto` | auto, bf16, fp16, fp32 |" in table
+    assert "| `train.time_budget` | str or float or null | `null` | > 0 |" in table  # a union
 
 
 def test_readme_without_markers_is_an_error():

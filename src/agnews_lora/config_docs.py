@@ -19,6 +19,7 @@ import dataclasses
 import re
 import sys
 import textwrap
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -57,21 +58,29 @@ def fields(cfg: Config | None = None) -> list[tuple[str, str | None, Any, Any, A
 
 
 def _strip_none(hint: Any) -> tuple[Any, bool]:
+    """(the hint without None, whether None was allowed); `str | float | None` -> `str | float`."""
     args = typing.get_args(hint)
     if type(None) in args:
-        return next(a for a in args if a is not type(None)), True
+        rest = tuple(a for a in args if a is not type(None))
+        return (rest[0] if len(rest) == 1 else typing.Union[rest]), True  # noqa: UP007
     return hint, False
 
 
-def type_text(hint: Any) -> str:
-    """'int', 'list[str] or null', 'str' (a Literal is a str whose values `allowed` lists)."""
-    base, nullable = _strip_none(hint)
+def _one_type(base: Any) -> str:
     if typing.get_origin(base) is Literal:
-        text = "str"
-    elif typing.get_origin(base) is list:
-        text = f"list[{typing.get_args(base)[0].__name__}]"
-    else:
-        text = base.__name__
+        return "str"
+    if typing.get_origin(base) is list:
+        return f"list[{typing.get_args(base)[0].__name__}]"
+    if typing.get_origin(base) in (typing.Union, types.UnionType):
+        return " or ".join(_one_type(a) for a in typing.get_args(base))
+    return base.__name__
+
+
+def type_text(hint: Any) -> str:
+    """'int', 'list[str] or null', 'str or float or null' (a Literal is a str whose values
+    `allowed` lists)."""
+    base, nullable = _strip_none(hint)
+    text = _one_type(base)
     return f"{text} or null" if nullable else text
 
 
