@@ -142,34 +142,40 @@ def _run_children(runs: Any, where: str) -> list[Child]:
     return children
 
 
+def read_study_file(path: Path, kind: str, keys: tuple[str, ...]) -> tuple[dict, Path | None]:
+    """A sweep or tune file (``kind``: "sweep" / "tune"): its mapping, strict about keys, and its
+    ``base_config`` resolved against the working directory, then the file's own folder."""
+    where = f"{kind} file '{path}'"
+    data = read_yaml(path, f"{kind} file")
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be a mapping with keys {', '.join(keys)}")
+    for key in data:
+        if key not in keys:
+            close = difflib.get_close_matches(str(key), keys, n=1, cutoff=0.5)
+            hint = (
+                f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(keys)})"
+            )
+            raise UserError(f"{where}: unknown key '{key}'{hint}")
+    if data.get("base_config") is None:
+        return data, None
+    raw = Path(str(data["base_config"])).expanduser()
+    candidates = [raw] if raw.is_absolute() else [raw, path.parent / raw]
+    base = next((c for c in candidates if c.is_file()), None)
+    if base is None:
+        raise UserError(
+            f"{where}: base_config '{raw}' not found (looked in the working directory and "
+            f"next to the {kind} file)"
+        )
+    return data, base
+
+
 def load_sweep(path: str | Path, output_dir: str | Path | None = None) -> Sweep:
     """Read and fully validate a sweep file: every child's config is built (strictly) before anything trains."""
     path = Path(path)
     where = f"sweep file '{path}'"
-    data = read_yaml(path, "sweep file")
-    if not isinstance(data, dict):
-        raise UserError(f"{where} must be a mapping with keys {', '.join(SWEEP_KEYS)}")
-    for key in data:
-        if key not in SWEEP_KEYS:
-            close = difflib.get_close_matches(str(key), SWEEP_KEYS, n=1, cutoff=0.5)
-            hint = (
-                f" (did you mean '{close[0]}'?)"
-                if close
-                else f" (valid keys: {', '.join(SWEEP_KEYS)})"
-            )
-            raise UserError(f"{where}: unknown key '{key}'{hint}")
+    data, base = read_study_file(path, "sweep", SWEEP_KEYS)
     if data.get("grid") is None and data.get("runs") is None:
         raise UserError(f"{where} defines no children: add a 'grid' and/or 'runs'")
-
-    base = None
-    if data.get("base_config") is not None:
-        raw = Path(str(data["base_config"])).expanduser()
-        candidates = [raw] if raw.is_absolute() else [raw, path.parent / raw]
-        base = next((c for c in candidates if c.is_file()), None)
-        if base is None:
-            raise UserError(
-                f"{where}: base_config '{raw}' not found (looked in the working directory and next to the sweep file)"
-            )
     overrides = _pairs(data.get("overrides"), f"{where} overrides")
     children = []
     if data.get("grid") is not None:

@@ -11,7 +11,6 @@ Format: docs/tuning.md.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import json
 import logging
@@ -19,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config, read_yaml
+from .config import Config, load_config
 from .errors import UserError
-from .sweep import _pairs, _set_strings
+from .sweep import _pairs, _set_strings, read_study_file
 
 log = logging.getLogger(__name__)
 
@@ -198,30 +197,7 @@ def load_tune(
     """Read and validate a tune file (command-line values win); the base config is strict."""
     path = Path(path)
     where = f"tune file '{path}'"
-    data = read_yaml(path, "tune file")
-    if not isinstance(data, dict):
-        raise UserError(f"{where} must be a mapping with keys {', '.join(TUNE_KEYS)}")
-    for key in data:
-        if key not in TUNE_KEYS:
-            close = difflib.get_close_matches(str(key), TUNE_KEYS, n=1, cutoff=0.5)
-            hint = (
-                f" (did you mean '{close[0]}'?)"
-                if close
-                else f" (valid keys: {', '.join(TUNE_KEYS)})"
-            )
-            raise UserError(f"{where}: unknown key '{key}'{hint}")
-    base = None
-    if data.get("base_config") is not None:
-        raw = Path(str(data["base_config"])).expanduser()
-        base = next(
-            (c for c in ([raw] if raw.is_absolute() else [raw, path.parent / raw]) if c.is_file()),
-            None,
-        )
-        if base is None:
-            raise UserError(
-                f"{where}: base_config '{raw}' not found (looked in the working directory and "
-                f"next to the tune file)"
-            )
+    data, base = read_study_file(path, "tune", TUNE_KEYS)
     objective = str(data.get("objective", "accuracy")).replace(" ", "")
     if objective not in OBJECTIVES:
         raise UserError(
