@@ -128,6 +128,7 @@ def test_grid_study_never_trains_over_budget_layouts(
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "summary.md").read_text()
     assert md.startswith("# Tuning study") and "over_budget" in md and "`lora.r=256`" in md
+    assert "- tune file: " in md and "- trials: " in md and "sweep file" not in md
     best = max(
         (r for r in rows.values() if r["status"] == "ok"), key=lambda r: float(r["val_accuracy"])
     )

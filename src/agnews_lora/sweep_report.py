@@ -58,7 +58,7 @@ def write_reports(sweep: Any, rows: list[dict], kind: str = "Sweep") -> None:
         w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in cols} for r in rows)
     tmp.replace(out / "summary.csv")
     plot_pareto(sweep, rows, out / "pareto.png")
-    (out / "summary.md").write_text(markdown(sweep, rows), encoding="utf-8")
+    (out / "summary.md").write_text(markdown(sweep, rows, kind), encoding="utf-8")
     write_sweep_html(sweep, rows, out, kind)
 
 
@@ -109,15 +109,17 @@ def table(sweep: Any, rows: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(sweep: Any, rows: list[dict]) -> str:
+def markdown(sweep: Any, rows: list[dict], kind: str = "Sweep") -> str:
+    """summary.md; ``kind``: "Sweep" (children of a sweep file) or "Tuning study" (trials)."""
     counts = Counter(r["status"] for r in rows)
+    file_kind, items = ("sweep file", "children") if kind == "Sweep" else ("tune file", "trials")
     lines = [
-        f"# Sweep `{sweep.path.stem}`",
+        f"# {kind} `{sweep.path.stem}`",
         "",
-        f"- sweep file: `{sweep.path}`",
+        f"- {file_kind}: `{sweep.path}`",
         f"- base config: `{sweep.base_config or 'built-in defaults'}`",
         f"- shared overrides: {', '.join(f'`{k}={json.dumps(v)}`' for k, v in sweep.overrides.items()) or 'none'}",
-        f"- children: {len(rows)} ({', '.join(f'{n} {s}' for s, n in counts.items())})",
+        f"- {items}: {len(rows)} ({', '.join(f'{n} {s}' for s, n in counts.items())})",
         "",
         *table(sweep, rows),
         "",

@@ -148,6 +148,7 @@ def write_study_reports(spec: TuneSpec, study) -> tuple[list[dict], Path | None]
             + ".",
         ]
     md = spec.output_dir / "summary.md"
-    text = md.read_text(encoding="utf-8").replace("# Sweep `", "# Tuning study `", 1)
+    # written by write_reports, with its "Tuning study" heading; the best trial's lines follow
+    text = md.read_text(encoding="utf-8")
     md.write_text(text + "\n".join(lines) + "\n", encoding="utf-8")
     return rows, best_path
