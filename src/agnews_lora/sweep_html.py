@@ -19,12 +19,10 @@ def _child_link(row: dict, out: Path) -> Raw | str:
     return Raw(f'<a href="{esc(href)}">{esc(row["name"])}</a>')
 
 
-def write_sweep_html(sweep, rows: list[dict], out: Path, kind: str = "Sweep") -> Path:
-    """Write ``out/report.html`` from the rows `sweep_report.write_reports` has marked (``pareto``)
-    and its ``pareto.png``; ``kind``: "Sweep" or "Tuning study"."""
-    out = Path(out)
-    keys = list(sweep.swept_keys)
-    head = [
+def table_head(keys: list[str]) -> list[str]:
+    """Column titles of a sweep/tune table (summary.md, the CLI and report.html): the swept keys
+    between the child's name and status and its results."""
+    return [
         "child",
         "status",
         *keys,
@@ -34,8 +32,15 @@ def write_sweep_html(sweep, rows: list[dict], out: Path, kind: str = "Sweep") ->
         "val macro-F1",
         "train s",
         "Pareto",
-        "note",
     ]
+
+
+def write_sweep_html(sweep, rows: list[dict], out: Path, kind: str = "Sweep") -> Path:
+    """Write ``out/report.html`` from the rows `sweep_report.write_reports` has marked (``pareto``)
+    and its ``pareto.png``; ``kind``: "Sweep" or "Tuning study"."""
+    out = Path(out)
+    keys = list(sweep.swept_keys)
+    head = [*table_head(keys), "note"]
     body = []
     for r in rows:
         frac = (

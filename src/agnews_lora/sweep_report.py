@@ -9,6 +9,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .sweep_html import table_head
+
 COLUMNS = [
     "name",
     "status",
@@ -73,17 +75,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 def table(sweep: Any, rows: list[dict]) -> list[str]:
     """The markdown table of children in sweep order (also printed by the CLI)."""
     keys = sweep.swept_keys
-    head = [
-        "child",
-        "status",
-        *keys,
-        "trainable",
-        "of budget",
-        "val acc",
-        "val macro-F1",
-        "train s",
-        "Pareto",
-    ]
+    head = table_head(list(keys))
     lines = [
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" if i < 2 + len(keys) else "---:" for i in range(len(head))) + "|",
