@@ -313,3 +313,22 @@ def test_openvino_backend_answers_several_threads_at_once(run_copy, exported):
         together = list(pool.map(lambda b: backend.logits(*b), batches * 3))
     for got, want in zip(together, alone * 3):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="pip install '.[openvino]'")
+def test_openvino_compiles_one_model_per_thread_count_and_they_agree(run_copy, exported):
+    """`use_threads(threads, streams)`: one stream and all threads for a batch alone, a stream per
+    worker under load (one stream runs one inference at a time); the same logits either way."""
+    exported("openvino", False)
+    backend = load_backend(run_copy, "openvino", threads=1)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(5, 200, (3, 16)).astype(np.int64)
+    mask = np.ones_like(ids)
+    want = backend.logits(ids, mask)
+    for threads, streams in [(2, 1), (1, 2)]:
+        backend.use_threads(threads, streams)
+        compiled = backend.compiled_for(threads, streams)
+        assert int(compiled.get_property("NUM_STREAMS")) == streams
+        assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == threads * streams
+        np.testing.assert_allclose(backend.logits(ids, mask), want, atol=1e-5)
+    assert backend.compiled_for(1, 2) is backend.compiled_for(1, 2)  # compiled once

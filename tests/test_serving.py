@@ -734,6 +734,32 @@ def test_thread_policy_gives_a_lone_batch_all_threads_and_shares_them_under_load
     assert "alone 2 threads" in p.describe() and fixed.describe() == "3 workers x 4 threads"
 
 
+def test_openvino_threads_follow_the_load_with_one_stream_alone_and_a_stream_per_worker():
+    """A runtime with `use_threads` (OpenVINO) gets an adaptive policy: a batch alone runs on all
+    threads in one stream, busy workers on their share in `workers` streams (with one stream the
+    second worker's batch would wait for the first). ONNX Runtime (no setter) stays fixed."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from agnews_lora.serve.threads import can_set_threads, make_policy, thread_setter
+
+    calls = []
+    runtime = SimpleNamespace(use_threads=lambda n, streams: calls.append((n, streams)))
+    ov = SimpleNamespace(backend=runtime, device=torch.device("cpu"))
+    ort = SimpleNamespace(backend=SimpleNamespace(), device=torch.device("cpu"))
+    assert can_set_threads(ov) and not can_set_threads(ort)
+    policy = make_policy("cpu", 2, can_set_threads=can_set_threads(ov))
+    setter = thread_setter(ov, policy)
+    setter(policy.threads_for(0, 0))  # alone
+    setter(policy.threads_for(1, 4))  # under load
+    assert calls == [(2, 1), (1, 2)]
+    fixed = make_policy("cpu", 16, workers=3, threads=4)  # --threads 4 --workers 3
+    thread_setter(ov, fixed)(fixed.threads_for(0, 0))
+    assert calls[-1] == (4, 3)  # three workers' batches at once
+    assert thread_setter(ort, make_policy("cpu", 2, can_set_threads=False)) is None
+
+
 def test_batcher_runs_a_lone_request_on_all_threads_and_a_queue_on_several_workers():
     """The thread count is set in the worker thread that runs the batch: a request alone gets
     all threads and nothing else starts beside it; a queue is shared out among the workers."""
@@ -744,6 +770,7 @@ def test_batcher_runs_a_lone_request_on_all_threads_and_a_queue_on_several_worke
 
     local, lock, log, running, most = threading.local(), threading.Lock(), [], [0], [0]
     names = []
+    both = threading.Barrier(2, timeout=30)  # the two shares of the queue meet: they run at once
 
     def set_threads(n):
         local.threads = n
@@ -752,7 +779,10 @@ def test_batcher_runs_a_lone_request_on_all_threads_and_a_queue_on_several_worke
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
-        time.sleep(0.2 if texts[0] == "slow" else 0.01)
+        if len(texts) > 1:
+            both.wait()  # breaks (fails the test) if the other share never runs beside this one
+        else:
+            time.sleep(0.2 if texts[0] == "slow" else 0.01)
         with lock:
             running[0] -= 1
             log.append((len(texts), local.threads, most[0]))

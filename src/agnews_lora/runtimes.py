@@ -135,38 +135,71 @@ class OpenVinoBackend:
     """OpenVINO on ``PATH/model.xml``, compiled for the CPU with fp32 inference precision.
 
     fp32 is forced (OpenVINO would pick bf16 on a CPU that has it) so that the model run is the
-    one whose predictions the export checked against PyTorch. One infer request per calling
-    thread: a request runs one inference at a time (``serve --workers 2`` calls from two threads).
+    one whose predictions the export checked against PyTorch. A compiled model runs as many
+    inferences at once as it has *streams*; each calling thread has its own infer request per
+    compiled model. ``threads``: threads per inference (None: OpenVINO's choice), ``streams``:
+    inferences that may run at once (``serve --workers 2`` calls from two threads: with one stream
+    the second call would wait for the first). `use_threads` switches the calling thread to
+    another (threads, streams) compiled model, so that serving's threads can follow the load.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, streams: int = 1):
         ov = require("openvino")
         self.path = Path(path)
         self.info = read_export_info(self.path, "openvino")
         self.kind, self.quantized = "openvino", bool(self.info.get("int8"))
         self.name = export_name("openvino", self.quantized)
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            core = ov.Core()
-            self.compiled = core.compile_model(
-                core.read_model(str(self.path / "model.xml")), "CPU", config
-            )
-        except Exception as e:  # noqa: BLE001 - any failure of the library: one line
-            raise UserError(
-                f"'{self.path}': OpenVINO cannot load model.xml "
-                f"({type(e).__name__}: {str(e)[:120]}); export again"
-            ) from None
-        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
+        self._lock = threading.Lock()
+        self._compiled: dict[tuple[int | None, int], object] = {}
         self._local = threading.local()
+        try:
+            self._core = ov.Core()
+            self._model = self._core.read_model(str(self.path / "model.xml"))
+        except Exception as e:  # noqa: BLE001 - any failure of the library: one line
+            raise self._load_error(e) from None
+        self.compiled = self.compiled_for(threads, streams)
+        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
+
+    def _load_error(self, e: Exception) -> UserError:
+        return UserError(
+            f"'{self.path}': OpenVINO cannot load model.xml "
+            f"({type(e).__name__}: {str(e)[:120]}); export again"
+        )
+
+    def compiled_for(self, threads: int | None, streams: int = 1):
+        """The model compiled for ``streams`` concurrent inferences of ``threads`` threads each
+        (compiled once per pair)."""
+        key = (int(threads) if threads else None, max(1, int(streams)))
+        with self._lock:
+            if key not in self._compiled:
+                config = {"INFERENCE_PRECISION_HINT": "f32"}
+                if key[1] == 1:
+                    config["PERFORMANCE_HINT"] = "LATENCY"  # one stream: all threads on one call
+                else:
+                    config["NUM_STREAMS"] = key[1]
+                if key[0]:
+                    config["INFERENCE_NUM_THREADS"] = key[0] * key[1]
+                try:
+                    self._compiled[key] = self._core.compile_model(self._model, "CPU", config)
+                except Exception as e:  # noqa: BLE001 - any failure of the library: one line
+                    raise self._load_error(e) from None
+            return self._compiled[key]
+
+    def use_threads(self, threads: int | None, streams: int = 1) -> None:
+        """The calling thread's next inferences run on ``threads`` threads, with up to
+        ``streams`` inferences (from other threads) at once."""
+        self._local.compiled = self.compiled_for(threads, streams)
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        request = getattr(self._local, "request", None)
+        compiled = getattr(self._local, "compiled", None) or self.compiled
+        requests = getattr(self._local, "requests", None)
+        if requests is None:
+            requests = self._local.requests = {}
+        request = requests.get(id(compiled))
         if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
+            request = requests[id(compiled)] = compiled.create_infer_request()
         out = request.infer(_feeds(self.input_names, input_ids, attention_mask))
-        return np.array(out[self.compiled.outputs[0]], dtype=np.float32)
+        return np.array(out[compiled.outputs[0]], dtype=np.float32)
 
 
 RUNTIME_BACKENDS = {"onnx": OnnxBackend, "openvino": OpenVinoBackend}

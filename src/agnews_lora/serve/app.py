@@ -25,7 +25,7 @@ from .batcher import MicroBatcher, Overloaded, ShuttingDown
 from .demo import DEMO_HTML
 from .limits import ApiError, BodyLimitMiddleware, ServeOptions, error_response, parse_texts
 from .metrics import RequestMetricsMiddleware, ServeMetrics
-from .threads import ThreadPolicy, make_policy, thread_setter
+from .threads import ThreadPolicy, can_set_threads, make_policy, thread_setter
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +110,15 @@ def create_app(
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    setter = thread_setter(predictor)
     if threads is None:
         threads = make_policy(
-            predictor.device.type, torch.get_num_threads(), options.workers, None, bool(setter)
+            predictor.device.type,
+            torch.get_num_threads(),
+            options.workers,
+            None,
+            can_set_threads(predictor),
         )
+    setter = thread_setter(predictor, threads)
     options = replace(options, workers=threads.workers)  # 0 = auto
     batcher = MicroBatcher(
         batch_fn,

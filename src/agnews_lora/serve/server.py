@@ -20,7 +20,7 @@ import socket
 from ..errors import UserError
 from .limits import ServeOptions
 from .model import default_threads, default_workers, make_batch_fn, warm_up
-from .threads import make_policy, thread_setter
+from .threads import can_set_threads, make_policy, thread_setter
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +171,25 @@ def serve(
         backend=backend,
         threads=runtime_threads,
     )
-    setter = thread_setter(predictor)
     policy = make_policy(
-        predictor.device.type, torch.get_num_threads(), options.workers, threads, bool(setter)
+        predictor.device.type,
+        torch.get_num_threads(),
+        options.workers,
+        threads,
+        can_set_threads(predictor),
     )
+    setter = thread_setter(predictor, policy)
     options.workers = policy.workers
     torch.set_num_threads(policy.total)  # the warm-up; each worker sets its own per batch
     batch_fn = make_batch_fn(predictor)
-    seconds = warm_up(batch_fn, predictor, options.max_batch_size)
+    seconds = 0.0
+    # OpenVINO: compile and warm the model of a batch alone and the one of busy workers;
+    # torch: the main thread's warm-up (workers keep their own thread counts)
+    sizes = (policy.total, policy.per_worker) if backend == "openvino" else (policy.total,)
+    for n in dict.fromkeys(sizes):
+        if setter is not None and backend != "torch":
+            setter(n)
+        seconds += warm_up(batch_fn, predictor, options.max_batch_size)
     app = create_app(predictor, batch_fn, options, run_dir, policy)
     sock = bind(host, port)
     host, port = sock.getsockname()[:2]

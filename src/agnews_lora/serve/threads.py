@@ -17,7 +17,10 @@ the value last set by any thread.  Every `set_num_threads` call also clears oneD
 threads, and the workers keep ``per_worker``: no thread changes its count after its first batch.
 
 Explicit ``--threads N`` turns the policy off: every batch runs on N threads.  Backends whose
-thread count cannot change per call (no setter) and GPUs use a fixed policy too.
+thread count cannot change per call (ONNX Runtime) and GPUs use a fixed policy too.  OpenVINO
+follows the load like torch: it holds one compiled model per (threads, streams) — all threads and
+one stream for a batch alone, ``per_worker`` threads and ``workers`` streams under load (a compiled
+model with one stream runs one inference at a time, whatever the number of calling threads).
 """
 
 from __future__ import annotations
@@ -88,11 +91,33 @@ def set_torch_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def thread_setter(predictor) -> Callable[[int], None] | None:
-    """What a worker calls before a batch: `set_torch_threads` for a torch model on a CPU; None
-    for backends that fix their threads when loaded, and GPUs."""
+def can_set_threads(predictor) -> bool:
+    """Whether a batch's thread count can change per call: a torch model on a CPU (per OS
+    thread), or OpenVINO (one compiled model per thread count); not ONNX Runtime (fixed when the
+    session is made) nor a GPU."""
     from ..backends import TorchBackend
 
-    if isinstance(predictor.backend, TorchBackend) and predictor.device.type == "cpu":
+    backend = predictor.backend
+    if isinstance(backend, TorchBackend):
+        return predictor.device.type == "cpu"
+    return callable(getattr(backend, "use_threads", None))
+
+
+def thread_setter(predictor, policy: ThreadPolicy) -> Callable[[int], None] | None:
+    """What a worker calls before a batch of ``threads`` threads: `set_torch_threads` for a torch
+    model on a CPU; for OpenVINO, the compiled model of that many threads, with one stream for a
+    batch that runs alone and ``policy.workers`` streams otherwise (so that the workers' batches
+    run at once rather than queue on one stream); None for backends that fix their threads when
+    loaded, and GPUs."""
+    from ..backends import TorchBackend
+
+    if not can_set_threads(predictor):
+        return None
+    if isinstance(predictor.backend, TorchBackend):
         return set_torch_threads
-    return None
+    use = predictor.backend.use_threads
+
+    def set_runtime_threads(n: int) -> None:
+        use(n, 1 if policy.is_solo(n) else policy.workers)
+
+    return set_runtime_threads
