@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from helpers import ServerProcess
 
-from agnews_lora.cli import BACKEND_CHOICES, main
+from agnews_lora.cli import main
+from agnews_lora.cli_options import BACKEND_CHOICES
 from agnews_lora.runtimes import BACKENDS
 from agnews_lora.tiny import synthetic_rows
 

@@ -24,6 +24,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import loop_state
 from .batching import collate, train_batches
 from .budget import ParamCounts
 from .config import Config
@@ -39,7 +40,7 @@ from .prediction import batched_logits
 from .runs import FitResult, MetricsLog, Run
 from .time_budget import PaceProbe
 from .tracking import Tracking
-from .weights import load_trainable, trainable_state
+from .weights import trainable_state
 
 log = logging.getLogger(__name__)
 
@@ -116,59 +117,19 @@ class Loop:
         self.total_steps, self.schedule = total, schedule
         self.scheduler = build_scheduler(self.optimizer, self.cfg, total)
 
-    # -- state ---------------------------------------------------------------------------------
+    # -- state (loop_state: what a checkpoint holds) -------------------------------------------
     def restore(self, state: dict) -> None:
-        if state.get("world_size") != self.world or state.get("global_batch") != self.global_batch:
-            raise UserError(
-                f"checkpoint was written with {state.get('world_size')} process(es) and global "
-                f"batch {state.get('global_batch')}; resume with the same setup (now {self.world} "
-                f"process(es), global batch {self.global_batch})"
-            )
-        load_trainable(self.acc.unwrap_model(self.model), state["trainable"])
-        # the recorded length (a time budget's choice), never re-planned; the schedule is rebuilt
-        # before the optimizer's state comes back (building it resets the optimizer's lr)
-        if "total_steps" in state:
-            self.set_total_steps(state["total_steps"], state.get("schedule"))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.best_acc, self.best_step = (
-            state["step"],
-            state["best_acc"],
-            state["best_step"],
-        )
-        self.best_state, self.bad_evals = state["best_state"], state["bad_evals"]
-        self.best_metrics = state["best_metrics"]
-        self.train_time = state.get("train_time", 0.0)
-        self.last_eval = state.get("last_eval", {})
-        self.stopped_early = state.get("stopped_early", False)
-        self.resumed_from = state["step"]
-        if state.get("finished"):  # stopped (early or at the end) and only the outputs are missing
-            self.finished, self.total_steps = True, self.step
+        loop_state.restore(self, state)
 
     def save_checkpoint(self) -> None:
         if self.acc.is_main_process:
-            state = {
-                "step": self.step,
-                "trainable": trainable_state(self.acc.unwrap_model(self.model)),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "best_acc": self.best_acc,
-                "best_step": self.best_step,
-                "best_state": self.best_state,
-                "best_metrics": self.best_metrics,
-                "bad_evals": self.bad_evals,
-                "train_time": self.train_time,
-                "world_size": self.world,
-                "global_batch": self.global_batch,
-                "last_eval": self.last_eval,
-                "finished": self.finished,
-                "stopped_early": self.stopped_early,
-                "total_steps": self.total_steps,
-                "schedule": self.schedule,
-            }
             keep = self.cfg.train.keep_checkpoints
             ckpt.save_checkpoint(
-                self.run_dir / "checkpoints", self.step, state, keep, self.best_step
+                self.run_dir / "checkpoints",
+                self.step,
+                loop_state.state(self),
+                keep,
+                self.best_step,
             )
         self.acc.wait_for_everyone()
 
@@ -425,31 +386,7 @@ class Loop:
     # -- the outcome ---------------------------------------------------------------------------
     def result(self) -> FitResult:
         """The loop's outcome so far, as `export_run` takes it."""
-        t = self.cfg.train
-        return FitResult(
-            steps=self.step,
-            total_steps=self.total_steps,
-            steps_per_epoch=self.steps_per_epoch,
-            stopped_early=self.stopped_early,
-            resumed_from=self.resumed_from,
-            best_step=self.best_step,
-            best_accuracy=self.best_acc,
-            best_metrics=self.best_metrics,
-            best_state=self.best_state,
-            final_validation=self.last_eval,
-            train_seconds=self.train_time,
-            train_rows=len(self.train_enc),
-            validation_rows=len(self.val_enc),
-            world_size=self.world,
-            per_device_batch_size=t.per_device_batch_size,
-            grad_accumulation=t.grad_accumulation,
-            global_batch_size=self.global_batch,
-            precision=self.precision,
-            device=str(self.acc.device),
-            fast_dropout=self.fast_dropout,
-            schedule=self.schedule,
-            started=self.started,
-        )
+        return loop_state.fit_result(self)
 
     def export(self, fit: FitResult) -> Run:
         """Write adapter/, merged/, plots/, summary.json (main process); return the finished `Run`.
