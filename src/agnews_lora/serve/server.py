@@ -20,7 +20,7 @@ import socket
 from ..errors import UserError
 from .limits import ServeOptions
 from .model import default_threads, default_workers, make_batch_fn, warm_up
-from .threads import can_set_threads, make_policy, thread_setter
+from .threads import can_set_threads, make_policy, set_torch_threads, thread_setter
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +182,14 @@ def serve(
     options.workers = policy.workers
     torch.set_num_threads(policy.total)  # the warm-up; each worker sets its own per batch
     batch_fn = make_batch_fn(predictor)
+    # a runtime whose threads follow the load (OpenVINO) compiles and warms the model of a batch
+    # alone and the one of busy workers here; torch warms this thread (workers set their own)
+    runtime_setter = setter if setter not in (None, set_torch_threads) else None
+    sizes = (policy.total, policy.per_worker) if runtime_setter else (policy.total,)
     seconds = 0.0
-    # OpenVINO: compile and warm the model of a batch alone and the one of busy workers;
-    # torch: the main thread's warm-up (workers keep their own thread counts)
-    sizes = (policy.total, policy.per_worker) if backend == "openvino" else (policy.total,)
     for n in dict.fromkeys(sizes):
-        if setter is not None and backend != "torch":
-            setter(n)
+        if runtime_setter:
+            runtime_setter(n)
         seconds += warm_up(batch_fn, predictor, options.max_batch_size)
     app = create_app(predictor, batch_fn, options, run_dir, policy)
     sock = bind(host, port)
