@@ -175,6 +175,37 @@ class Flipped(OnnxBackend):
         return super().logits(input_ids, attention_mask)[:, ::-1].copy()
 
 
+class Crashing(OnnxBackend):
+    """A runtime that fails inside, as OpenVINO does where it has no kernel for a node on this CPU."""
+
+    def logits(self, input_ids, attention_mask):
+        raise RuntimeError(
+            "Exception from src/inference/src/cpp/infer_request.cpp:224:\n"
+            "Exception from src/plugins/intel_cpu/src/node.cpp:823:\n"
+            "[CPU] FullyConnectedCompressed node with name 'node_MatMul_79' could not create a "
+            "primitive descriptor\n"
+        )
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="pip install '.[onnx]'")
+def test_runtime_that_fails_on_this_machine_is_one_line_and_leaves_nothing(
+    run_copy, exported, tmp_path, monkeypatch
+):
+    model_file = exported("onnx", False) / "model.onnx"
+    run = Path(shutil.copytree(run_copy, tmp_path / "run", ignore=shutil.ignore_patterns("export")))
+    monkeypatch.setattr(
+        onnx_export, "export_onnx_file", lambda model, path, **_: shutil.copy(model_file, path)
+    )
+    monkeypatch.setitem(onnx_export.RUNTIME_BACKENDS, "onnx", Crashing)
+    with pytest.raises(UserError) as err:
+        export_model(run, "onnx")
+    msg = str(err.value)
+    assert "\n" not in msg and "onnx runtime could not run the onnx export on this machine" in msg
+    assert "[CPU] FullyConnectedCompressed node with name 'node_MatMul_79'" in msg
+    assert "Exception from" not in msg and msg.endswith("export without --int8")
+    assert not (run / "export").exists()
+
+
 @pytest.mark.skipif(not HAS_ONNX, reason="pip install '.[onnx]'")
 def test_export_that_disagrees_is_refused_and_leaves_nothing(
     run_copy, exported, tmp_path, monkeypatch

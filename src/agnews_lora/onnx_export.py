@@ -333,8 +333,11 @@ def export_model(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_json(tmp / "export.json", info)
-        backend = RUNTIME_BACKENDS[fmt](tmp, threads=threads)
-        figures = agreement(model, backend, tokenizer, sample, cfg.model.max_length, tol.tie_margin)
+        with runtime_failures_refused(fmt, name):
+            backend = RUNTIME_BACKENDS[fmt](tmp, threads=threads)
+            figures = agreement(
+                model, backend, tokenizer, sample, cfg.model.max_length, tol.tie_margin
+            )
         info["check"] = {
             **figures,
             "rows_from": sample_source,
@@ -361,6 +364,32 @@ def export_model(
                 exports.rmdir()  # only if empty
         raise
     return target
+
+
+@contextlib.contextmanager
+def runtime_failures_refused(fmt: str, name: str):
+    """A runtime that cannot load or run the export here (an error of its own, not ours) -> one line.
+
+    OpenVINO raises RuntimeError, ONNX Runtime its own Exception subclasses, each with a multi-line
+    trace of C++ files; the line that says what went wrong is kept.
+    """
+    try:
+        yield
+    except (UserError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        raise UserError(
+            f"the {fmt} runtime could not run the {name} export on this machine "
+            f"({_runtime_reason(exc)}); "
+            "not written — try the other --format, or export without --int8"
+        ) from None
+
+
+def _runtime_reason(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not ln.startswith("Exception from ")] or lines
+    reason = said[0] if said else type(exc).__name__
+    return reason if len(reason) <= 240 else reason[:237] + "..."
 
 
 def _quantization(fmt: str, int8: bool) -> str | None:
