@@ -175,6 +175,17 @@ class Flipped(OnnxBackend):
         return super().logits(input_ids, attention_mask)[:, ::-1].copy()
 
 
+def _run_whose_exporter_copies_a_real_export(run_copy, exported, tmp_path, monkeypatch) -> Path:
+    """A copy of the run whose ONNX exporter copies in the real export made once (fast); the runtime is
+    then swapped for a broken one by the caller."""
+    model_file = exported("onnx", False) / "model.onnx"
+    run = Path(shutil.copytree(run_copy, tmp_path / "run", ignore=shutil.ignore_patterns("export")))
+    monkeypatch.setattr(
+        onnx_export, "export_onnx_file", lambda model, path, **_: shutil.copy(model_file, path)
+    )
+    return run
+
+
 class Crashing(OnnxBackend):
     """A runtime that fails inside, as OpenVINO does where it has no kernel for a node on this CPU."""
 
@@ -191,11 +202,7 @@ class Crashing(OnnxBackend):
 def test_runtime_that_fails_on_this_machine_is_one_line_and_leaves_nothing(
     run_copy, exported, tmp_path, monkeypatch
 ):
-    model_file = exported("onnx", False) / "model.onnx"
-    run = Path(shutil.copytree(run_copy, tmp_path / "run", ignore=shutil.ignore_patterns("export")))
-    monkeypatch.setattr(
-        onnx_export, "export_onnx_file", lambda model, path, **_: shutil.copy(model_file, path)
-    )
+    run = _run_whose_exporter_copies_a_real_export(run_copy, exported, tmp_path, monkeypatch)
     monkeypatch.setitem(onnx_export.RUNTIME_BACKENDS, "onnx", Crashing)
     with pytest.raises(UserError) as err:
         export_model(run, "onnx")
@@ -210,12 +217,7 @@ def test_runtime_that_fails_on_this_machine_is_one_line_and_leaves_nothing(
 def test_export_that_disagrees_is_refused_and_leaves_nothing(
     run_copy, exported, tmp_path, monkeypatch
 ):
-    model_file = exported("onnx", False) / "model.onnx"
-    run = Path(shutil.copytree(run_copy, tmp_path / "run", ignore=shutil.ignore_patterns("export")))
-    # the real exporter ran above; here its output is copied in, and the runtime is broken
-    monkeypatch.setattr(
-        onnx_export, "export_onnx_file", lambda model, path, **_: shutil.copy(model_file, path)
-    )
+    run = _run_whose_exporter_copies_a_real_export(run_copy, exported, tmp_path, monkeypatch)
     monkeypatch.setitem(onnx_export.RUNTIME_BACKENDS, "onnx", Flipped)
     with pytest.raises(UserError, match="disagrees with PyTorch on validation rows.*not written"):
         export_model(run, "onnx")
