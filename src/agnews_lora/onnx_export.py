@@ -40,6 +40,7 @@ from .runtimes import (  # noqa: F401 (source_fingerprint: re-export)
     export_name,
     padded_batches,
     require,
+    runtime_failures_refused,
     source_fingerprint,
 )
 
@@ -226,7 +227,8 @@ def agreement(
         for _, ids, mask in padded_batches(tokenizer, texts, max_length, batch_size):
             ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
             ref = ref.logits.float().numpy()
-            got = backend.logits(ids, mask)
+            with runtime_failures_refused(backend.kind, backend.name):
+                got = backend.logits(ids, mask)
             p, q = softmax(ref.astype(np.float64)), softmax(got.astype(np.float64))
             agree = p.argmax(1) == q.argmax(1)
             top2 = np.sort(p, axis=1)[:, -2:]
@@ -333,11 +335,8 @@ def export_model(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_json(tmp / "export.json", info)
-        with runtime_failures_refused(fmt, name):
-            backend = RUNTIME_BACKENDS[fmt](tmp, threads=threads)
-            figures = agreement(
-                model, backend, tokenizer, sample, cfg.model.max_length, tol.tie_margin
-            )
+        backend = RUNTIME_BACKENDS[fmt](tmp, threads=threads)
+        figures = agreement(model, backend, tokenizer, sample, cfg.model.max_length, tol.tie_margin)
         info["check"] = {
             **figures,
             "rows_from": sample_source,
@@ -364,32 +363,6 @@ def export_model(
                 exports.rmdir()  # only if empty
         raise
     return target
-
-
-@contextlib.contextmanager
-def runtime_failures_refused(fmt: str, name: str):
-    """A runtime that cannot load or run the export here (an error of its own, not ours) -> one line.
-
-    OpenVINO raises RuntimeError, ONNX Runtime its own Exception subclasses, each with a multi-line
-    trace of C++ files; the line that says what went wrong is kept.
-    """
-    try:
-        yield
-    except (UserError, KeyboardInterrupt, MemoryError):
-        raise
-    except Exception as exc:
-        raise UserError(
-            f"the {fmt} runtime could not run the {name} export on this machine "
-            f"({_runtime_reason(exc)}); "
-            "not written — try the other --format, or export without --int8"
-        ) from None
-
-
-def _runtime_reason(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    said = [ln for ln in lines if not ln.startswith("Exception from ")] or lines
-    reason = said[0] if said else type(exc).__name__
-    return reason if len(reason) <= 240 else reason[:237] + "..."
 
 
 def _quantization(fmt: str, int8: bool) -> str | None:

@@ -13,6 +13,7 @@ every backend, torch included). Both runtimes are optional extras:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -200,6 +201,33 @@ class OpenVinoBackend:
             request = requests[id(compiled)] = compiled.create_infer_request()
         out = request.infer(_feeds(self.input_names, input_ids, attention_mask))
         return np.array(out[compiled.outputs[0]], dtype=np.float32)
+
+
+@contextlib.contextmanager
+def runtime_failures_refused(fmt: str, name: str):
+    """A runtime that cannot run the export on this machine (an error of its own, not ours) -> one line
+    (`export`'s agreement check; a failure to load is already one line in the backends).
+
+    OpenVINO raises RuntimeError, ONNX Runtime its own Exception subclasses, each with a multi-line
+    trace of C++ files; the line that says what went wrong is kept.
+    """
+    try:
+        yield
+    except (UserError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        raise UserError(
+            f"the {fmt} runtime could not run the {name} export on this machine "
+            f"({_runtime_reason(exc)}); "
+            "not written — try the other --format, or export without --int8"
+        ) from None
+
+
+def _runtime_reason(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not ln.startswith("Exception from ")] or lines
+    reason = said[0] if said else type(exc).__name__
+    return reason if len(reason) <= 240 else reason[:237] + "..."
 
 
 RUNTIME_BACKENDS = {"onnx": OnnxBackend, "openvino": OpenVinoBackend}
