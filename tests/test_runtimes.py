@@ -213,6 +213,70 @@ def test_runtime_that_fails_on_this_machine_is_one_line_and_leaves_nothing(
     assert not (run / "export").exists()
 
 
+class _FailingSession:
+    """What ONNX Runtime's session / OpenVINO's infer request do where a node has no kernel here."""
+
+    def run(self, *args, **kwargs):
+        raise RuntimeError(
+            "Exception from src/plugins/intel_cpu/src/node.cpp:823:\n"
+            "[CPU] FullyConnectedCompressed node with name 'node_MatMul_79' could not create a "
+            "primitive descriptor\n"
+        )
+
+    infer = run
+
+    def create_infer_request(self):
+        return self
+
+    outputs = ["logits"]
+
+
+def _failing(backend_cls, name):
+    """A backend of ``backend_cls`` whose runtime fails at inference (built without an export)."""
+    import threading
+
+    backend = backend_cls.__new__(backend_cls)
+    backend.kind, backend.name, backend.quantized = name.split("-")[0], name, name.endswith("int8")
+    backend.input_names = ["input_ids", "attention_mask"]
+    backend.session = _FailingSession()
+    backend._local = threading.local()
+    backend._local.compiled = backend.session  # OpenVINO: this thread's compiled model
+    return backend
+
+
+def test_runtime_that_fails_at_inference_is_one_line_for_predict_evaluate_and_serve(trained_run):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(trained_run / "merged")
+    for cls, name in ((OnnxBackend, "onnx"), (OpenVinoBackend, "openvino-int8")):
+        predictor = Predictor(_failing(cls, name), tokenizer, ["a", "b", "c", "d"], 32)
+        with pytest.raises(UserError) as err:
+            predictor.classify(["stocks fell", "the match ended"])
+        msg = str(err.value)
+        assert "\n" not in msg and "Exception from" not in msg
+        assert msg.startswith(f"the {name.split('-')[0]} runtime could not run the {name} export")
+        assert "[CPU] FullyConnectedCompressed node" in msg and "use --backend torch" in msg
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="pip install '.[onnx]'")
+def test_export_whose_runtime_fails_at_inference_is_not_written(
+    run_copy, exported, tmp_path, monkeypatch
+):
+    class FailsInside(OnnxBackend):  # a real backend whose runtime session then fails
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.session = _FailingSession()
+
+    run = _run_whose_exporter_copies_a_real_export(run_copy, exported, tmp_path, monkeypatch)
+    monkeypatch.setitem(onnx_export.RUNTIME_BACKENDS, "onnx", FailsInside)
+    with pytest.raises(UserError) as err:
+        export_model(run, "onnx")
+    msg = str(err.value)
+    assert "\n" not in msg and "[CPU] FullyConnectedCompressed node" in msg
+    assert "use --backend torch" not in msg and msg.endswith("export without --int8")
+    assert not (run / "export").exists()
+
+
 @pytest.mark.skipif(not HAS_ONNX, reason="pip install '.[onnx]'")
 def test_export_that_disagrees_is_refused_and_leaves_nothing(
     run_copy, exported, tmp_path, monkeypatch
@@ -354,6 +418,7 @@ def test_openvino_compiles_one_model_per_thread_count_and_they_agree(run_copy, e
     worker under load (one stream runs one inference at a time); the same logits either way."""
     exported("openvino", False)
     backend = load_backend(run_copy, "openvino", threads=1)
+    assert not backend._compiled  # nothing compiled until a model is used (serve picks its own)
     rng = np.random.default_rng(5)
     ids = rng.integers(5, 200, (3, 16)).astype(np.int64)
     mask = np.ones_like(ids)

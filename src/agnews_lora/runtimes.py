@@ -128,7 +128,9 @@ class OnnxBackend:
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, _feeds(self.input_names, input_ids, attention_mask))[0]
+        feeds = _feeds(self.input_names, input_ids, attention_mask)
+        with _runtime_call(self):
+            out = self.session.run(None, feeds)[0]
         return np.asarray(out, dtype=np.float32)
 
 
@@ -158,8 +160,13 @@ class OpenVinoBackend:
             self._model = self._core.read_model(str(self.path / "model.xml"))
         except Exception as e:  # noqa: BLE001 - any failure of the library: one line
             raise self._load_error(e) from None
-        self.compiled = self.compiled_for(threads, streams)
-        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
+        self._default = (threads, streams)  # compiled on first use (`serve` compiles its own)
+        self.input_names = [p.get_any_name() for p in self._model.inputs]
+
+    @property
+    def compiled(self):
+        """The model compiled for the ``threads`` / ``streams`` given at load."""
+        return self.compiled_for(*self._default)
 
     def _load_error(self, e: Exception) -> UserError:
         return UserError(
@@ -196,31 +203,62 @@ class OpenVinoBackend:
         requests = getattr(self._local, "requests", None)
         if requests is None:
             requests = self._local.requests = {}
-        request = requests.get(id(compiled))
-        if request is None:
-            request = requests[id(compiled)] = compiled.create_infer_request()
-        out = request.infer(_feeds(self.input_names, input_ids, attention_mask))
+        feeds = _feeds(self.input_names, input_ids, attention_mask)
+        with _runtime_call(self):
+            request = requests.get(id(compiled))
+            if request is None:
+                request = requests[id(compiled)] = compiled.create_infer_request()
+            out = request.infer(feeds)
         return np.array(out[compiled.outputs[0]], dtype=np.float32)
+
+
+class RuntimeFailure(UserError):
+    """The runtime itself failed to run the export on this machine (no kernel for a node on this
+    CPU, out of memory, ...): one line with the runtime's own reason (``reason``)."""
+
+    def __init__(self, kind: str, name: str, reason: str):
+        super().__init__(
+            f"the {kind} runtime could not run the {name} export on this machine ({reason}); "
+            "use --backend torch, or the other export"
+        )
+        self.kind, self.name, self.reason = kind, name, reason
+
+
+@contextlib.contextmanager
+def _runtime_call(backend):
+    """An error raised inside the runtime's inference call -> `RuntimeFailure` (one line)."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        raise RuntimeFailure(backend.kind, backend.name, _runtime_reason(exc)) from None
 
 
 @contextlib.contextmanager
 def runtime_failures_refused(fmt: str, name: str):
     """A runtime that cannot run the export on this machine (an error of its own, not ours) -> one line
-    (`export`'s agreement check; a failure to load is already one line in the backends).
+    saying that the export was not written (`export`'s agreement check; a failure to load is already
+    one line in the backends, a failure to infer a `RuntimeFailure` there).
 
     OpenVINO raises RuntimeError, ONNX Runtime its own Exception subclasses, each with a multi-line
     trace of C++ files; the line that says what went wrong is kept.
     """
     try:
         yield
+    except RuntimeFailure as exc:
+        raise _not_written(fmt, name, exc.reason) from None
     except (UserError, KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:
-        raise UserError(
-            f"the {fmt} runtime could not run the {name} export on this machine "
-            f"({_runtime_reason(exc)}); "
-            "not written — try the other --format, or export without --int8"
-        ) from None
+        raise _not_written(fmt, name, _runtime_reason(exc)) from None
+
+
+def _not_written(fmt: str, name: str, reason: str) -> UserError:
+    return UserError(
+        f"the {fmt} runtime could not run the {name} export on this machine ({reason}); "
+        "not written — try the other --format, or export without --int8"
+    )
 
 
 def _runtime_reason(exc: Exception) -> str:
