@@ -186,38 +186,12 @@ def _run_whose_exporter_copies_a_real_export(run_copy, exported, tmp_path, monke
     return run
 
 
-class Crashing(OnnxBackend):
-    """A runtime that fails inside, as OpenVINO does where it has no kernel for a node on this CPU."""
-
-    def logits(self, input_ids, attention_mask):
-        raise RuntimeError(
-            "Exception from src/inference/src/cpp/infer_request.cpp:224:\n"
-            "Exception from src/plugins/intel_cpu/src/node.cpp:823:\n"
-            "[CPU] FullyConnectedCompressed node with name 'node_MatMul_79' could not create a "
-            "primitive descriptor\n"
-        )
-
-
-@pytest.mark.skipif(not HAS_ONNX, reason="pip install '.[onnx]'")
-def test_runtime_that_fails_on_this_machine_is_one_line_and_leaves_nothing(
-    run_copy, exported, tmp_path, monkeypatch
-):
-    run = _run_whose_exporter_copies_a_real_export(run_copy, exported, tmp_path, monkeypatch)
-    monkeypatch.setitem(onnx_export.RUNTIME_BACKENDS, "onnx", Crashing)
-    with pytest.raises(UserError) as err:
-        export_model(run, "onnx")
-    msg = str(err.value)
-    assert "\n" not in msg and "onnx runtime could not run the onnx export on this machine" in msg
-    assert "[CPU] FullyConnectedCompressed node with name 'node_MatMul_79'" in msg
-    assert "Exception from" not in msg and msg.endswith("export without --int8")
-    assert not (run / "export").exists()
-
-
 class _FailingSession:
     """What ONNX Runtime's session / OpenVINO's infer request do where a node has no kernel here."""
 
     def run(self, *args, **kwargs):
         raise RuntimeError(
+            "Exception from src/inference/src/cpp/infer_request.cpp:224:\n"
             "Exception from src/plugins/intel_cpu/src/node.cpp:823:\n"
             "[CPU] FullyConnectedCompressed node with name 'node_MatMul_79' could not create a "
             "primitive descriptor\n"
@@ -258,22 +232,35 @@ def test_runtime_that_fails_at_inference_is_one_line_for_predict_evaluate_and_se
         assert "[CPU] FullyConnectedCompressed node" in msg and "use --backend torch" in msg
 
 
-@pytest.mark.skipif(not HAS_ONNX, reason="pip install '.[onnx]'")
-def test_export_whose_runtime_fails_at_inference_is_not_written(
-    run_copy, exported, tmp_path, monkeypatch
-):
-    class FailsInside(OnnxBackend):  # a real backend whose runtime session then fails
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.session = _FailingSession()
+class Crashing(OnnxBackend):
+    """A backend whose own logits fail (it does not wrap its runtime's call)."""
 
+    def logits(self, input_ids, attention_mask):
+        return _FailingSession().run()
+
+
+class FailsInside(OnnxBackend):
+    """The real ONNX backend, whose runtime session then fails (wrapped by the backend)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.session = _FailingSession()
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="pip install '.[onnx]'")
+@pytest.mark.parametrize("broken", [Crashing, FailsInside])
+def test_runtime_that_fails_on_this_machine_is_one_line_and_leaves_nothing(
+    broken, run_copy, exported, tmp_path, monkeypatch
+):
     run = _run_whose_exporter_copies_a_real_export(run_copy, exported, tmp_path, monkeypatch)
-    monkeypatch.setitem(onnx_export.RUNTIME_BACKENDS, "onnx", FailsInside)
+    monkeypatch.setitem(onnx_export.RUNTIME_BACKENDS, "onnx", broken)
     with pytest.raises(UserError) as err:
         export_model(run, "onnx")
     msg = str(err.value)
-    assert "\n" not in msg and "[CPU] FullyConnectedCompressed node" in msg
-    assert "use --backend torch" not in msg and msg.endswith("export without --int8")
+    assert "\n" not in msg and "onnx runtime could not run the onnx export on this machine" in msg
+    assert "[CPU] FullyConnectedCompressed node with name 'node_MatMul_79'" in msg
+    assert "Exception from" not in msg and msg.endswith("export without --int8")
+    assert "use --backend torch" not in msg
     assert not (run / "export").exists()
 
 

@@ -129,7 +129,7 @@ class OnnxBackend:
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feeds = _feeds(self.input_names, input_ids, attention_mask)
-        with _runtime_call(self):
+        with _runtime_call(self.kind, self.name):
             out = self.session.run(None, feeds)[0]
         return np.asarray(out, dtype=np.float32)
 
@@ -204,7 +204,7 @@ class OpenVinoBackend:
         if requests is None:
             requests = self._local.requests = {}
         feeds = _feeds(self.input_names, input_ids, attention_mask)
-        with _runtime_call(self):
+        with _runtime_call(self.kind, self.name):
             request = requests.get(id(compiled))
             if request is None:
                 request = requests[id(compiled)] = compiled.create_infer_request()
@@ -225,14 +225,14 @@ class RuntimeFailure(UserError):
 
 
 @contextlib.contextmanager
-def _runtime_call(backend):
+def _runtime_call(kind: str, name: str):
     """An error raised inside the runtime's inference call -> `RuntimeFailure` (one line)."""
     try:
         yield
     except (UserError, KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:
-        raise RuntimeFailure(backend.kind, backend.name, _runtime_reason(exc)) from None
+        raise RuntimeFailure(kind, name, _runtime_reason(exc)) from None
 
 
 @contextlib.contextmanager
@@ -245,20 +245,13 @@ def runtime_failures_refused(fmt: str, name: str):
     trace of C++ files; the line that says what went wrong is kept.
     """
     try:
-        yield
+        with _runtime_call(fmt, name):  # also catches a backend that does not wrap its own call
+            yield
     except RuntimeFailure as exc:
-        raise _not_written(fmt, name, exc.reason) from None
-    except (UserError, KeyboardInterrupt, MemoryError):
-        raise
-    except Exception as exc:
-        raise _not_written(fmt, name, _runtime_reason(exc)) from None
-
-
-def _not_written(fmt: str, name: str, reason: str) -> UserError:
-    return UserError(
-        f"the {fmt} runtime could not run the {name} export on this machine ({reason}); "
-        "not written — try the other --format, or export without --int8"
-    )
+        raise UserError(
+            f"the {fmt} runtime could not run the {name} export on this machine ({exc.reason}); "
+            "not written — try the other --format, or export without --int8"
+        ) from None
 
 
 def _runtime_reason(exc: Exception) -> str:
