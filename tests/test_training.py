@@ -433,3 +433,30 @@ def test_position_limits_of_bert_and_roberta_configs():
     assert position_limit(BertConfig()) == 512
     assert position_limit(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
     assert position_limit(MPNetConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+
+
+def test_saving_the_adapter_never_asks_the_hub_or_warns_about_the_base_model(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """A `offline:`/`package:` spec or a Hub id: PEFT is not left to look up the base config to save."""
+    import warnings
+
+    import peft.utils.save_and_load as peft_save
+    from transformers import AutoTokenizer
+
+    from agnews_lora.export import save_adapter_and_merged
+    from agnews_lora.modeling import apply_lora, load_base_model
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("PEFT looked the base model up on the Hub")
+
+    monkeypatch.setattr(peft_save, "check_file_exists_on_hf_hub", no_hub)
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}"])
+    model = apply_lora(load_base_model(cfg), cfg.lora)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_adapter_and_merged(model, tokenizer, tmp_path, "offline:all-mpnet-base-v2")
+    assert not [w for w in caught if "Could not find a config file" in str(w.message)]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "merged" / "config.json").is_file()

@@ -44,10 +44,6 @@ def _setup_logging(verbose: bool) -> None:
     log.propagate = False
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
-    # PEFT, saving an adapter of a local/package model: the tokenizer is saved beside it anyway
-    warnings.filterwarnings(
-        "ignore", message="Could not find a config file in .*vocabulary was not modified"
-    )
     # torch 2.13 marks the quantized-tensor API behind dynamic int8 (--quantize int8) as deprecated
     warnings.filterwarnings("ignore", message="torch.quantize_per_tensor.*deprecated")
     quiet_libraries()

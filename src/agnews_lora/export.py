@@ -62,7 +62,9 @@ def save_adapter_and_merged(
     ].base_model_name_or_path = base_model_id  # PEFT leaves None for local builds
 
     def write_adapter(d: Path) -> None:
-        peft_model.save_pretrained(d)
+        # We never resize or adapt the embeddings, so PEFT need not look up the base model's config
+        # (for a Hub id a network call, for a `package:`/`offline:` spec a warning) to decide that.
+        peft_model.save_pretrained(d, save_embedding_layers=False)
         tokenizer.save_pretrained(d)
         if card is not None:
             card(d, "adapter")
