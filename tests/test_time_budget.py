@@ -186,3 +186,83 @@ def test_a_budget_too_short_is_one_line_exit_2_and_leaves_nothing(
     assert main(["train", "--no-progress", *args]) == 2
     assert "alone took" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "short").exists()
+
+
+def _slower_than_the_trial(monkeypatch, seconds_per_step):
+    """The trial says `PACE` (0.5 s/step); the budget's clock then moves only with real steps."""
+    from agnews_lora.loop import Loop
+
+    steps = [0]
+    real_step = Loop.train_step
+
+    def counted(self):
+        steps[0] += 1
+        return real_step(self)
+
+    monkeypatch.setattr(Loop, "train_step", counted)
+    monkeypatch.setattr(tb, "clock", lambda: 100.0 + steps[0] * seconds_per_step)
+    monkeypatch.setattr(tb, "measure_pace", lambda loop, load_s: PACE)
+
+
+def _budget_cfg(tiny_model_dir, data_dir, tmp_path, name, **extra):
+    sets = {"train.time_budget": "1m", "run_name": name, "train.eval_every": 10}
+    return _cfg(tiny_model_dir, data_dir, tmp_path, **sets, **extra)
+
+
+def test_steps_slower_than_the_trial_shorten_the_run_to_end_within_the_budget(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch, caplog
+):
+    """Real steps at twice the trial's time: cut at an evaluation, the LR still decays to zero."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="agnews_lora")
+    _slower_than_the_trial(monkeypatch, 1.0)
+    run = train(_budget_cfg(tiny_model_dir, data_dir, tmp_path, "slow"), progress=False)
+    planned = tb.steps_that_fit(60.0, PACE, 10)
+    s = run.summary
+    assert s["schedule"]["total_steps"] == planned == 72
+    (cut,) = s["schedule"]["cuts"]  # measured over steps 0-20 (not 10: too few steps)
+    assert cut["at_step"] == 20 and cut["seconds_per_step"] == pytest.approx(1.0, abs=0.02)
+    # 20 s used; the 52 steps left would need 52 + 6 evaluations x 2 + export 5 = 69 s more; now
+    # 27 steps + 3 evaluations + export = 38 s, inside 95 % of the 40 s left
+    assert s["steps"] == s["total_steps"] == cut["total_steps"] == 47
+    assert "the run now ends at step" in caplog.text
+    lrs = {r["step"]: r["lr"] for r in read_metrics(run.dir / "metrics.jsonl") if "lr" in r}
+    assert lrs[s["steps"]] == 0.0 and all(lr > 0 for step, lr in lrs.items() if step < s["steps"])
+
+
+def test_a_pace_that_holds_never_cuts(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    _slower_than_the_trial(monkeypatch, PACE.seconds_per_step)
+    run = train(_budget_cfg(tiny_model_dir, data_dir, tmp_path, "steady"), progress=False)
+    assert run.summary["steps"] == tb.steps_that_fit(60.0, PACE, 10)
+    assert "cuts" not in run.summary["schedule"]
+
+
+def test_a_cut_run_resumes_with_the_same_learning_rates(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch
+):
+    _slower_than_the_trial(monkeypatch, 1.0)
+    whole = train(_budget_cfg(tiny_model_dir, data_dir, tmp_path, "whole"), progress=False)
+    loop = setup(
+        _budget_cfg(tiny_model_dir, data_dir, tmp_path, "cut", **{"train.checkpoint_every": 30}),
+        progress=False,
+    )
+
+    def stop(step, metrics):  # after the cut at step 20 and the checkpoint at 30
+        if step == 40:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.fit(on_eval=stop)
+    resumed = train(None, resume=loop.run_dir, progress=False)
+    assert resumed.summary["resumed_from_step"] == 30
+    def cuts(run):  # the measured pace differs by the evaluations' real milliseconds
+        return [(c["at_step"], c["total_steps"]) for c in run.summary["schedule"]["cuts"]]
+
+    assert cuts(resumed) == cuts(whole) == [(20, 47)]
+    assert resumed.summary["steps"] == whole.summary["steps"]
+
+    def lrs(run):
+        return [(r["step"], r["lr"]) for r in read_metrics(run.dir / "metrics.jsonl") if "lr" in r]
+
+    assert lrs(resumed) == lrs(whole)

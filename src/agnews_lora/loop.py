@@ -34,11 +34,11 @@ from .errors import TrainingInterrupted, UserError
 from .evaluation import classification_metrics
 from .export import export_run
 from .fast_dropout import use_fast_dropout
-from .loop_support import LogWindow, StopSignals
+from .loop_support import LogWindow, StopSignals, call_on_eval
 from .optim import build_optimizer, build_scheduler
 from .prediction import batched_logits
 from .runs import FitResult, MetricsLog, Run
-from .time_budget import PaceProbe
+from .time_budget import BudgetGuard, PaceProbe, schedule_lengths
 from .tracking import Tracking
 from .weights import trainable_state
 
@@ -115,7 +115,8 @@ class Loop:
     def set_total_steps(self, total: int, schedule: dict | None = None) -> None:
         """Fix the run's length before its first step; the LR schedule is rebuilt to end there."""
         self.total_steps, self.schedule = total, schedule
-        self.scheduler = build_scheduler(self.optimizer, self.cfg, total)
+        planned, cuts = schedule_lengths(total, schedule)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, planned, cuts)
 
     # -- state (loop_state: what a checkpoint holds) -------------------------------------------
     def restore(self, state: dict) -> None:
@@ -271,6 +272,7 @@ class Loop:
         window = LogWindow(self.acc.device)
         # the pace was measured before the start (a time budget) or is measured now
         probe = PaceProbe(self.step, self.total_steps) if self.schedule is None else None
+        guard = BudgetGuard(self) if BudgetGuard.applies(self) else None
         while self.step < self.total_steps:
             t0 = time.perf_counter()
             window.add(*self.train_step())
@@ -289,7 +291,14 @@ class Loop:
             if s % t.eval_every == 0 or last:
                 t_eval = time.perf_counter()
                 self.stopped_early = self._eval_and_track(metrics_log, bar, on_eval)
-                window.exclude(time.perf_counter() - t_eval)
+                t_eval = time.perf_counter() - t_eval
+                window.exclude(t_eval)
+                cut = guard and not (last or self.stopped_early) and guard.after_eval(t_eval)
+                if cut and self.acc.is_main_process:
+                    log.info(cut)
+                    if bar is not None:
+                        bar.total = self.total_steps
+                        bar.refresh()
             if t.checkpoint_every and s % t.checkpoint_every == 0 and not last:
                 self.save_checkpoint()
             if bar is not None:
@@ -352,25 +361,9 @@ class Loop:
         if bar is not None:
             bar.set_postfix(val_acc=f"{m['accuracy']:.4f}", best=f"{self.best_acc:.4f}")
         if on_eval is not None:
-            self._call_on_eval(on_eval, rec)
+            call_on_eval(self.acc, on_eval, self.step, rec)
         patience = self.cfg.train.early_stopping_patience
         return patience is not None and self.bad_evals >= patience
-
-    def _call_on_eval(self, on_eval: OnEval, rec: dict) -> None:
-        failure = None
-        if self.acc.is_main_process:
-            try:
-                on_eval(self.step, dict(rec))
-            except BaseException as e:  # re-raised below, once every process knows
-                failure = e
-        if self.world > 1:  # the other processes must not wait for a main process that has left
-            failed = torch.tensor([1.0 if failure is not None else 0.0], device=self.acc.device)
-            if float(self.acc.reduce(failed, "sum")[0]) > 0 and failure is None:
-                raise RuntimeError(
-                    "training stopped: the on_eval callback failed on the main process"
-                )
-        if failure is not None:
-            raise failure
 
     def _stop_requested(self, sig: StopSignals, last: bool) -> bool:
         if self.world == 1:

@@ -1,4 +1,4 @@
-"""Two small parts of the training loop: the stop-signal flag and the logging window."""
+"""Small parts of the training loop: the stop-signal flag, the logging window, the on_eval call."""
 
 from __future__ import annotations
 
@@ -53,3 +53,19 @@ class LogWindow:
     def exclude(self, seconds: float) -> None:
         """Leave time spent on something else (an evaluation) out of the window's throughput."""
         self.t0 += seconds
+
+
+def call_on_eval(acc, on_eval, step: int, rec: dict) -> None:
+    """Run ``on_eval(step, rec)`` on the main process; if it fails, every process stops."""
+    failure = None
+    if acc.is_main_process:
+        try:
+            on_eval(step, dict(rec))
+        except BaseException as e:  # re-raised below, once every process knows
+            failure = e
+    if acc.num_processes > 1:  # the other processes must not wait for a main process that has left
+        failed = torch.tensor([1.0 if failure is not None else 0.0], device=acc.device)
+        if float(acc.reduce(failed, "sum")[0]) > 0 and failure is None:
+            raise RuntimeError("training stopped: the on_eval callback failed on the main process")
+    if failure is not None:
+        raise failure

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import (
     get_constant_schedule_with_warmup,
     get_cosine_schedule_with_warmup,
@@ -27,10 +30,37 @@ def build_optimizer(model, cfg: Config, device: torch.device) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=cfg.train.learning_rate, fused=fused)
 
 
-def build_scheduler(optimizer, cfg: Config, total_steps: int):
+def build_scheduler(optimizer, cfg: Config, total_steps: int, cuts=()):
+    """The schedule over ``total_steps``; ``cuts``: ``(step, new total)`` pairs, in order.
+
+    A cut (a time budget's re-plan, `time_budget.BudgetGuard`) keeps the schedule up to its step
+    and from there lets the learning rate fall from its value at that step to the schedule's end
+    (zero; linearly, or along the cosine's half wave) at the new total.
+    """
     warmup = int(cfg.train.warmup_ratio * total_steps)
-    if cfg.train.schedule == "cosine":
-        return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
     if cfg.train.schedule == "constant":
         return get_constant_schedule_with_warmup(optimizer, warmup)
-    return get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    make = (
+        get_cosine_schedule_with_warmup
+        if cfg.train.schedule == "cosine"
+        else get_linear_schedule_with_warmup
+    )
+    scheduler = make(optimizer, warmup, total_steps)
+    if not cuts:
+        return scheduler
+    factor = scheduler.lr_lambdas[0]
+    for at, total in cuts:
+        factor = _cut(factor, at, total, cfg.train.schedule == "cosine")
+    return LambdaLR(optimizer, factor)
+
+
+def _cut(factor, at: int, total: int, cosine: bool):
+    start, span = factor(at), max(total - at, 1)
+
+    def cut(step: int) -> float:
+        if step <= at:
+            return factor(step)
+        x = min((step - at) / span, 1.0)
+        return start * (0.5 * (1.0 + math.cos(math.pi * x)) if cosine else 1.0 - x)
+
+    return cut

@@ -14,6 +14,13 @@ budget, less a safety margin, and never more than the configured epochs / max_st
 rate schedule is built for that count, so it decays to its end on time. The count is recorded in
 the checkpoints and summary.json: ``--resume`` keeps it and never measures again, and every
 process of a multi-process run computes it from the same gathered measurements.
+
+A trial of seconds can be optimistic: a CPU that slows down under sustained load (seen on an
+AVX2-only EPYC VM: 15 % slower after ten minutes than in its trial) would overrun the budget. So at
+every evaluation `BudgetGuard` projects the end from the pace of the steps since the last one, and
+if that end is past the budget it shortens the run to the steps that fit; the learning rate then
+falls from its value there to its end at the new last step (`optim.build_scheduler`'s cuts). The
+cuts are recorded with the schedule, so a resumed run rebuilds the same learning rates.
 """
 
 from __future__ import annotations
@@ -230,3 +237,84 @@ class PaceProbe:
             f"({self.total - self.start:,} steps at {1 / per_step:.2f} steps/s measured over steps "
             f"{self.start + TRIAL_WARMUP + 1}-{step}), evaluations not included"
         )
+
+
+def schedule_lengths(total_steps: int, schedule: dict | None) -> tuple[int, list[tuple[int, int]]]:
+    """``(the planned step count, its cuts)`` for `optim.build_scheduler` from a run's record."""
+    if not schedule:
+        return total_steps, []
+    cuts = [(c["at_step"], c["total_steps"]) for c in schedule.get("cuts", [])]
+    return schedule.get("total_steps", total_steps), cuts
+
+
+class BudgetGuard:
+    """A budgeted run's check at each evaluation: shorten the run when its real pace overruns.
+
+    Only for a run planned by `budget_schedule` in this process (a resumed run keeps its length:
+    its clock restarted). Every process calls `after_eval` at the same evaluations and decides
+    from the same gathered (slowest) figures.
+    """
+
+    def __init__(self, loop):
+        self.loop = loop
+        self._since(loop.step)
+
+    def _since(self, step: int) -> None:
+        """Start the next measurement window at ``step``."""
+        self.mark, self.evals, self.eval_seconds = (step, clock()), 0, 0.0
+
+    @staticmethod
+    def applies(loop) -> bool:
+        s = loop.schedule
+        return bool(s) and "time_budget_seconds" in s and loop.resumed_from is None
+
+    def after_eval(self, eval_seconds: float) -> str | None:
+        """After an evaluation that is not the last: the line saying the run was shortened, or None."""
+        loop, (step0, t0) = self.loop, self.mark
+        self.evals, self.eval_seconds = self.evals + 1, self.eval_seconds + eval_seconds
+        done = loop.step - step0
+        if done < TRIAL_STEPS or loop.step >= loop.total_steps:
+            return None  # too few steps to measure (the window goes on), or nothing left
+        now, evals, eval_total = clock(), self.evals, self.eval_seconds
+        self._since(loop.step)
+        s, every = loop.schedule, loop.cfg.train.eval_every
+        per_step, eval_s, elapsed = _slowest(
+            loop,
+            [
+                max(now - t0 - eval_total, 0.0) / done,
+                max(eval_total / evals, s["pace"]["eval_seconds"]),
+                now - loop.started,
+            ],
+        )
+        if per_step <= 0:
+            return None
+        pace = Pace(per_step, done, eval_s, s["pace"]["export_seconds"])
+        budget_s, old = s["time_budget_seconds"], loop.total_steps
+        if elapsed + run_seconds(old - loop.step, pace, every) <= budget_s:
+            return None
+        new = loop.step + max(steps_that_fit(budget_s - elapsed, pace, every), 1)
+        if new >= old:
+            return None
+        cut = {
+            "at_step": loop.step,
+            "total_steps": new,
+            "seconds_per_step": round(per_step, 4),
+            "elapsed_seconds": round(elapsed, 3),
+        }
+        _cut(loop, new, cut)
+        return (
+            f"time budget: the last {done:,} steps ran at {1 / per_step:.2f} steps/s (the trial: "
+            f"{1 / s['pace']['seconds_per_step']:.2f}), too slow to finish {old:,} steps in "
+            f"{fmt_duration(budget_s)}; the run now ends at step {new:,}, where the learning rate "
+            f"reaches its end"
+        )
+
+
+def _cut(loop, total: int, cut: dict) -> None:
+    """Shorten ``loop`` to ``total`` steps: its LR falls from where it is to its end there."""
+    lrs = [g["lr"] for g in loop.optimizer.param_groups]
+    state = loop.scheduler.state_dict()
+    loop.set_total_steps(total, {**loop.schedule, "cuts": [*loop.schedule.get("cuts", []), cut]})
+    loop.scheduler.load_state_dict(state)
+    for group, lr in zip(loop.optimizer.param_groups, lrs):
+        group["lr"] = lr  # building the scheduler reset it
