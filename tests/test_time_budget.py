@@ -188,19 +188,22 @@ def test_a_budget_too_short_is_one_line_exit_2_and_leaves_nothing(
     assert not (tmp_path / "runs" / "short").exists()
 
 
-def _slower_than_the_trial(monkeypatch, seconds_per_step):
-    """The trial says `PACE` (0.5 s/step); the budget's clock then moves only with real steps."""
+def _fake_clock(monkeypatch, step_seconds, eval_seconds=PACE.eval_seconds):
+    """The trial says `PACE`; the budget's clock then moves only with real steps and evaluations."""
     from agnews_lora.loop import Loop
 
-    steps = [0]
-    real_step = Loop.train_step
+    spent = [0.0]
 
-    def counted(self):
-        steps[0] += 1
-        return real_step(self)
+    def costs(method, seconds):
+        def timed(self, *args, **kwargs):
+            spent[0] += seconds
+            return method(self, *args, **kwargs)
 
-    monkeypatch.setattr(Loop, "train_step", counted)
-    monkeypatch.setattr(tb, "clock", lambda: 100.0 + steps[0] * seconds_per_step)
+        return timed
+
+    monkeypatch.setattr(Loop, "train_step", costs(Loop.train_step, step_seconds))
+    monkeypatch.setattr(Loop, "evaluate", costs(Loop.evaluate, eval_seconds))
+    monkeypatch.setattr(tb, "clock", lambda: 100.0 + spent[0])
     monkeypatch.setattr(tb, "measure_pace", lambda loop, load_s: PACE)
 
 
@@ -209,46 +212,63 @@ def _budget_cfg(tiny_model_dir, data_dir, tmp_path, name, **extra):
     return _cfg(tiny_model_dir, data_dir, tmp_path, **sets, **extra)
 
 
+def _replans(run):
+    return [(r["at_step"], r["total_steps"]) for r in run.summary["schedule"].get("replans", [])]
+
+
+def _lrs(run):
+    return [(r["step"], r["lr"]) for r in read_metrics(run.dir / "metrics.jsonl") if "lr" in r]
+
+
 def test_steps_slower_than_the_trial_shorten_the_run_to_end_within_the_budget(
     tiny_model_dir, data_dir, tmp_path, monkeypatch, caplog
 ):
-    """Real steps at twice the trial's time: cut at an evaluation, the LR still decays to zero."""
+    """Real steps take twice the trial's time: cut at an evaluation, the LR still decays to zero."""
     import logging
 
     caplog.set_level(logging.INFO, logger="agnews_lora")
-    _slower_than_the_trial(monkeypatch, 1.0)
+    _fake_clock(monkeypatch, 1.0)
     run = train(_budget_cfg(tiny_model_dir, data_dir, tmp_path, "slow"), progress=False)
-    planned = tb.steps_that_fit(60.0, PACE, 10)
     s = run.summary
-    assert s["schedule"]["total_steps"] == planned == 72
-    (cut,) = s["schedule"]["cuts"]  # measured over steps 0-20 (not 10: too few steps)
-    assert cut["at_step"] == 20 and cut["seconds_per_step"] == pytest.approx(1.0, abs=0.02)
-    # 20 s used; the 52 steps left would need 52 + 6 evaluations x 2 + export 5 = 69 s more; now
-    # 27 steps + 3 evaluations + export = 38 s, inside 95 % of the 40 s left
-    assert s["steps"] == s["total_steps"] == cut["total_steps"] == 47
-    assert "the run now ends at step" in caplog.text
-    lrs = {r["step"]: r["lr"] for r in read_metrics(run.dir / "metrics.jsonl") if "lr" in r}
-    assert lrs[s["steps"]] == 0.0 and all(lr > 0 for step, lr in lrs.items() if step < s["steps"])
+    assert s["schedule"]["total_steps"] == tb.steps_that_fit(60.0, PACE, 10) == 72
+    # measured over steps 0-20 (at 10: too few steps): 24 s used (20 steps, 2 evaluations); the 52
+    # steps left need 52 + 6 x 2 + 5 = 69 s more; 22 steps + 3 evaluations + export = 33 s end at 57,
+    # the 5 % margin of the budget kept
+    assert _replans(run) == [(20, 42)] and s["steps"] == s["total_steps"] == 42
+    assert s["schedule"]["replans"][0]["seconds_per_step"] == 1.0
+    assert tb.clock() == 100.0 + 42 * 1.0 + 5 * PACE.eval_seconds  # + export 5 = 57 s
+    assert "too slow to finish 72 steps in 60 s; the run now ends at step 42" in caplog.text
+    lrs = dict(_lrs(run))
+    assert lrs[42] == 0.0 and all(lr > 0 for step, lr in lrs.items() if step < 42)
 
 
-def test_a_pace_that_holds_never_cuts(tiny_model_dir, data_dir, tmp_path, monkeypatch):
-    _slower_than_the_trial(monkeypatch, PACE.seconds_per_step)
-    run = train(_budget_cfg(tiny_model_dir, data_dir, tmp_path, "steady"), progress=False)
-    assert run.summary["steps"] == tb.steps_that_fit(60.0, PACE, 10)
-    assert "cuts" not in run.summary["schedule"]
-
-
-def test_a_cut_run_resumes_with_the_same_learning_rates(
+def test_steps_faster_than_the_trial_lengthen_the_run_up_to_the_configured_steps(
     tiny_model_dir, data_dir, tmp_path, monkeypatch
 ):
-    _slower_than_the_trial(monkeypatch, 1.0)
+    _fake_clock(monkeypatch, 0.25)
+    run = train(_budget_cfg(tiny_model_dir, data_dir, tmp_path, "fast"), progress=False)
+    # at step 20, 9 s used: 92 more steps fit in 57 s -> 112 (of the 120 configured), then steady
+    assert _replans(run) == [(20, 112)] and run.summary["steps"] == 112
+    assert dict(_lrs(run))[112] == 0.0
+
+
+def test_a_pace_that_holds_is_never_replanned(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    _fake_clock(monkeypatch, PACE.seconds_per_step)
+    run = train(_budget_cfg(tiny_model_dir, data_dir, tmp_path, "steady"), progress=False)
+    assert run.summary["steps"] == 72 and _replans(run) == []
+
+
+def test_a_replanned_run_resumes_with_the_same_learning_rates(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch
+):
+    _fake_clock(monkeypatch, 1.0)
     whole = train(_budget_cfg(tiny_model_dir, data_dir, tmp_path, "whole"), progress=False)
     loop = setup(
         _budget_cfg(tiny_model_dir, data_dir, tmp_path, "cut", **{"train.checkpoint_every": 30}),
         progress=False,
     )
 
-    def stop(step, metrics):  # after the cut at step 20 and the checkpoint at 30
+    def stop(step, metrics):  # after the re-plan at step 20 and the checkpoint at 30
         if step == 40:
             raise KeyboardInterrupt
 
@@ -256,13 +276,6 @@ def test_a_cut_run_resumes_with_the_same_learning_rates(
         loop.fit(on_eval=stop)
     resumed = train(None, resume=loop.run_dir, progress=False)
     assert resumed.summary["resumed_from_step"] == 30
-    def cuts(run):  # the measured pace differs by the evaluations' real milliseconds
-        return [(c["at_step"], c["total_steps"]) for c in run.summary["schedule"]["cuts"]]
-
-    assert cuts(resumed) == cuts(whole) == [(20, 47)]
-    assert resumed.summary["steps"] == whole.summary["steps"]
-
-    def lrs(run):
-        return [(r["step"], r["lr"]) for r in read_metrics(run.dir / "metrics.jsonl") if "lr" in r]
-
-    assert lrs(resumed) == lrs(whole)
+    assert _replans(resumed) == _replans(whole) == [(20, 42)]
+    assert resumed.summary["steps"] == whole.summary["steps"] == 42
+    assert _lrs(resumed) == _lrs(whole)

@@ -115,8 +115,8 @@ class Loop:
     def set_total_steps(self, total: int, schedule: dict | None = None) -> None:
         """Fix the run's length before its first step; the LR schedule is rebuilt to end there."""
         self.total_steps, self.schedule = total, schedule
-        planned, cuts = schedule_lengths(total, schedule)
-        self.scheduler = build_scheduler(self.optimizer, self.cfg, planned, cuts)
+        planned, replans = schedule_lengths(total, schedule)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, planned, replans)
 
     # -- state (loop_state: what a checkpoint holds) -------------------------------------------
     def restore(self, state: dict) -> None:
@@ -289,13 +289,12 @@ class Loop:
                 self._log_window(window, metrics_log, bar)
                 window.reset()
             if s % t.eval_every == 0 or last:
-                t_eval = time.perf_counter()
+                t_eval, eval_started = time.perf_counter(), guard and guard.now()
                 self.stopped_early = self._eval_and_track(metrics_log, bar, on_eval)
-                t_eval = time.perf_counter() - t_eval
-                window.exclude(t_eval)
-                cut = guard and not (last or self.stopped_early) and guard.after_eval(t_eval)
-                if cut and self.acc.is_main_process:
-                    log.info(cut)
+                window.exclude(time.perf_counter() - t_eval)
+                said = guard and not (last or self.stopped_early) and guard.after_eval(eval_started)
+                if said and self.acc.is_main_process:
+                    log.info(said)
                     if bar is not None:
                         bar.total = self.total_steps
                         bar.refresh()

@@ -30,12 +30,12 @@ def build_optimizer(model, cfg: Config, device: torch.device) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=cfg.train.learning_rate, fused=fused)
 
 
-def build_scheduler(optimizer, cfg: Config, total_steps: int, cuts=()):
-    """The schedule over ``total_steps``; ``cuts``: ``(step, new total)`` pairs, in order.
+def build_scheduler(optimizer, cfg: Config, total_steps: int, replans=()):
+    """The schedule over ``total_steps``; ``replans``: ``(step, new total)`` pairs, in order.
 
-    A cut (a time budget's re-plan, `time_budget.BudgetGuard`) keeps the schedule up to its step
-    and from there lets the learning rate fall from its value at that step to the schedule's end
-    (zero; linearly, or along the cosine's half wave) at the new total.
+    A re-plan (a time budget's, `time_budget.BudgetGuard`) keeps the schedule up to its step and from
+    there lets the learning rate fall from its value at that step to the schedule's end (zero;
+    linearly, or along the cosine's half wave) at the new total, sooner or later than planned.
     """
     warmup = int(cfg.train.warmup_ratio * total_steps)
     if cfg.train.schedule == "constant":
@@ -46,21 +46,21 @@ def build_scheduler(optimizer, cfg: Config, total_steps: int, cuts=()):
         else get_linear_schedule_with_warmup
     )
     scheduler = make(optimizer, warmup, total_steps)
-    if not cuts:
+    if not replans:
         return scheduler
     factor = scheduler.lr_lambdas[0]
-    for at, total in cuts:
-        factor = _cut(factor, at, total, cfg.train.schedule == "cosine")
+    for at, total in replans:
+        factor = _replanned(factor, at, total, cfg.train.schedule == "cosine")
     return LambdaLR(optimizer, factor)
 
 
-def _cut(factor, at: int, total: int, cosine: bool):
+def _replanned(factor, at: int, total: int, cosine: bool):
     start, span = factor(at), max(total - at, 1)
 
-    def cut(step: int) -> float:
+    def replanned(step: int) -> float:
         if step <= at:
             return factor(step)
         x = min((step - at) / span, 1.0)
         return start * (0.5 * (1.0 + math.cos(math.pi * x)) if cosine else 1.0 - x)
 
-    return cut
+    return replanned

@@ -15,12 +15,14 @@ rate schedule is built for that count, so it decays to its end on time. The coun
 the checkpoints and summary.json: ``--resume`` keeps it and never measures again, and every
 process of a multi-process run computes it from the same gathered measurements.
 
-A trial of seconds can be optimistic: a CPU that slows down under sustained load (seen on an
-AVX2-only EPYC VM: 15 % slower after ten minutes than in its trial) would overrun the budget. So at
-every evaluation `BudgetGuard` projects the end from the pace of the steps since the last one, and
-if that end is past the budget it shortens the run to the steps that fit; the learning rate then
-falls from its value there to its end at the new last step (`optim.build_scheduler`'s cuts). The
-cuts are recorded with the schedule, so a resumed run rebuilds the same learning rates.
+A trial of seconds need not hold for the whole run: a CPU that slows down under sustained load (seen
+on an AVX2-only EPYC VM: 18 % under its trial over twenty minutes), a noisy neighbour coming or going.
+So at every evaluation `BudgetGuard` projects the end from the pace of the steps since the last
+check: an end past the budget shortens the run to the steps that fit, and room for 5 % more steps
+lengthens it (never past the configured epochs / max_steps), both keeping the margin of the budget.
+The learning rate then falls from its value there to its end at the new last step
+(`optim.build_scheduler`'s re-plans); the re-plans are recorded with the schedule, so a resumed run
+rebuilds the same learning rates.
 """
 
 from __future__ import annotations
@@ -80,7 +82,11 @@ def run_seconds(steps: int, pace: Pace, eval_every: int) -> float:
 
 def steps_that_fit(seconds_left: float, pace: Pace, eval_every: int) -> int:
     """The most steps whose `run_seconds` fit in ``seconds_left`` less the `MARGIN` (0: none)."""
-    usable = seconds_left * (1 - MARGIN)
+    return _fit(seconds_left * (1 - MARGIN), pace, eval_every)
+
+
+def _fit(usable: float, pace: Pace, eval_every: int) -> int:
+    """The most steps whose `run_seconds` fit in ``usable`` seconds (0: none)."""
     per_step = pace.seconds_per_step + pace.eval_seconds / eval_every
     n = max(int((usable - pace.export_seconds) / per_step) + 1, 0)
     while n > 0 and run_seconds(n, pace, eval_every) > usable:
@@ -240,15 +246,18 @@ class PaceProbe:
 
 
 def schedule_lengths(total_steps: int, schedule: dict | None) -> tuple[int, list[tuple[int, int]]]:
-    """``(the planned step count, its cuts)`` for `optim.build_scheduler` from a run's record."""
+    """``(the planned step count, its re-plans)`` for `optim.build_scheduler` from a run's record."""
     if not schedule:
         return total_steps, []
-    cuts = [(c["at_step"], c["total_steps"]) for c in schedule.get("cuts", [])]
-    return schedule.get("total_steps", total_steps), cuts
+    replans = [(r["at_step"], r["total_steps"]) for r in schedule.get("replans", [])]
+    return schedule.get("total_steps", total_steps), replans
+
+
+LENGTHEN_AT = 1.05  # lengthen only for at least 5 % more steps (no churn from pace noise)
 
 
 class BudgetGuard:
-    """A budgeted run's check at each evaluation: shorten the run when its real pace overruns.
+    """A budgeted run's check at each evaluation: re-plan its length from the real pace.
 
     Only for a run planned by `budget_schedule` in this process (a resumed run keeps its length:
     its clock restarted). Every process calls `after_eval` at the same evaluations and decides
@@ -268,10 +277,15 @@ class BudgetGuard:
         s = loop.schedule
         return bool(s) and "time_budget_seconds" in s and loop.resumed_from is None
 
-    def after_eval(self, eval_seconds: float) -> str | None:
-        """After an evaluation that is not the last: the line saying the run was shortened, or None."""
+    @staticmethod
+    def now() -> float:
+        return clock()
+
+    def after_eval(self, eval_started: float) -> str | None:
+        """After an evaluation (begun at ``now()``) that is not the last: the line saying the run
+        was re-planned, or None."""
         loop, (step0, t0) = self.loop, self.mark
-        self.evals, self.eval_seconds = self.evals + 1, self.eval_seconds + eval_seconds
+        self.evals, self.eval_seconds = self.evals + 1, self.eval_seconds + clock() - eval_started
         done = loop.step - step0
         if done < TRIAL_STEPS or loop.step >= loop.total_steps:
             return None  # too few steps to measure (the window goes on), or nothing left
@@ -290,31 +304,40 @@ class BudgetGuard:
             return None
         pace = Pace(per_step, done, eval_s, s["pace"]["export_seconds"])
         budget_s, old = s["time_budget_seconds"], loop.total_steps
-        if elapsed + run_seconds(old - loop.step, pace, every) <= budget_s:
+        # the margin stays what it was when planned: a share of the whole budget, not of what is left
+        fit = _fit(budget_s * (1 - MARGIN) - elapsed, pace, every)
+        new = min(loop.step + max(fit, 1), s["configured_steps"])
+        shorter = new < old and elapsed + run_seconds(old - loop.step, pace, every) > budget_s
+        if not (shorter or new >= old * LENGTHEN_AT):
             return None
-        new = loop.step + max(steps_that_fit(budget_s - elapsed, pace, every), 1)
-        if new >= old:
-            return None
-        cut = {
-            "at_step": loop.step,
-            "total_steps": new,
-            "seconds_per_step": round(per_step, 4),
-            "elapsed_seconds": round(elapsed, 3),
-        }
-        _cut(loop, new, cut)
+        _replan(
+            loop,
+            new,
+            {
+                "at_step": loop.step,
+                "total_steps": new,
+                "seconds_per_step": round(per_step, 4),
+                "elapsed_seconds": round(elapsed, 3),
+            },
+        )
+        why = (
+            f"too slow to finish {old:,} steps"
+            if new < old
+            else f"room for more than {old:,} steps"
+        )
         return (
             f"time budget: the last {done:,} steps ran at {1 / per_step:.2f} steps/s (the trial: "
-            f"{1 / s['pace']['seconds_per_step']:.2f}), too slow to finish {old:,} steps in "
-            f"{fmt_duration(budget_s)}; the run now ends at step {new:,}, where the learning rate "
-            f"reaches its end"
+            f"{1 / s['pace']['seconds_per_step']:.2f}), {why} in {fmt_duration(budget_s)}; the run "
+            f"now ends at step {new:,}, where the learning rate reaches its end"
         )
 
 
-def _cut(loop, total: int, cut: dict) -> None:
-    """Shorten ``loop`` to ``total`` steps: its LR falls from where it is to its end there."""
+def _replan(loop, total: int, replan: dict) -> None:
+    """Set ``loop``'s length to ``total`` steps: its LR goes from where it is to its end there."""
     lrs = [g["lr"] for g in loop.optimizer.param_groups]
     state = loop.scheduler.state_dict()
-    loop.set_total_steps(total, {**loop.schedule, "cuts": [*loop.schedule.get("cuts", []), cut]})
+    replans = [*loop.schedule.get("replans", []), replan]
+    loop.set_total_steps(total, {**loop.schedule, "replans": replans})
     loop.scheduler.load_state_dict(state)
     for group, lr in zip(loop.optimizer.param_groups, lrs):
         group["lr"] = lr  # building the scheduler reset it
