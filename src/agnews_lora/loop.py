@@ -113,7 +113,8 @@ class Loop:
         self.started = time.perf_counter()  # setup() sets when it began (the time budget's start)
 
     def set_total_steps(self, total: int, schedule: dict | None = None) -> None:
-        """Fix the run's length before its first step; the LR schedule is rebuilt to end there."""
+        """Fix the run's length (before its first step, or at a time budget's re-plan); the LR
+        schedule is rebuilt to end there."""
         self.total_steps, self.schedule = total, schedule
         planned, replans = schedule_lengths(total, schedule)
         self.scheduler = build_scheduler(self.optimizer, self.cfg, planned, replans)
