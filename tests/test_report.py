@@ -159,3 +159,33 @@ def test_report_renders_in_headless_chromium(trained_run, tmp_path):
     png = screenshot((trained_run / "report.html").as_uri(), tmp_path / "report.png", tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 50_000 and distinct_colours(png) > 500
+
+
+def test_report_reuses_the_best_evaluations_logits(run_copy, monkeypatch):
+    """train saves the logits behind best.val_accuracy; the report uses them instead of predicting the
+    validation rows again, and predicts them only where the file is absent."""
+    import numpy as np
+
+    from agnews_lora import prediction
+    from agnews_lora.config import load_config
+    from agnews_lora.data import load_splits
+    from agnews_lora.export import save_val_logits
+    from agnews_lora.run_report import build_run_report
+
+    summary = json.loads((run_copy / "summary.json").read_text())
+    logits = np.load(run_copy / "validation_logits.npy")
+    labels = np.asarray(load_splits(load_config(run_copy / "config.yaml"))["validation"].labels)
+    assert logits.shape == (summary["validation_rows"], 4)
+    assert float((logits.argmax(1) == labels).mean()) == summary["best"]["val_accuracy"]
+
+    def no_predictor(*a, **k):
+        raise RuntimeError("predicted again")
+
+    monkeypatch.setattr(prediction.Predictor, "from_run", no_predictor)
+    n_val = summary["validation_rows"]
+    assert f"{n_val:,} of {n_val:,}" in build_run_report(run_copy)
+    save_val_logits(run_copy, None)  # a resumed run whose best evaluation came before the resume
+    assert not (run_copy / "validation_logits.npy").exists()
+    assert "No validation predictions: predicted again" in build_run_report(run_copy)
+    np.save(run_copy / "validation_logits.npy", logits[:-1])  # not this split's rows: predict again
+    assert "predicted again" in build_run_report(run_copy)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import accelerate
 import datasets
+import numpy as np
 import peft
 import torch
 import transformers
@@ -25,7 +26,7 @@ from .fast_dropout import restore_dropout
 from .machine import machine_info
 from .modeling import apply_lora, load_base_model
 from .plotting import plot_training_curves
-from .runs import FitResult, read_metrics, write_json
+from .runs import VAL_LOGITS, FitResult, read_metrics, write_json
 from .weights import load_trainable, trainable_state
 
 
@@ -97,6 +98,20 @@ def fp32_for_export(cfg: Config, peft_model):
     return fresh
 
 
+def save_val_logits(run_dir: Path, logits) -> None:
+    """``validation_logits.npy``: the logits behind ``best.val_accuracy``, which the run report
+    reuses instead of predicting the validation rows again; removed (the report then predicts)
+    when this session did not see the best evaluation (it happened before a resume)."""
+    path = run_dir / VAL_LOGITS
+    if logits is None:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        np.save(fh, np.asarray(logits, dtype=np.float32), allow_pickle=False)
+    tmp.replace(path)
+
+
 def export_run(
     model, tokenizer, run_dir: Path, cfg: Config, counts: ParamCounts, fit: FitResult
 ) -> dict:
@@ -163,6 +178,7 @@ def export_run(
 
     save_adapter_and_merged(model, tokenizer, run_dir, cfg.model.name_or_path, card=card)
     plot_training_curves(rows, run_dir / "plots")
+    save_val_logits(run_dir, fit.best_val_logits)
     if fit.started is not None:  # this session: setup's start to here (the time budget's span)
         summary["timings"]["wall_seconds"] = round(time.perf_counter() - fit.started, 3)
     write_json(run_dir / "summary.json", summary)

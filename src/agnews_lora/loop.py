@@ -69,11 +69,8 @@ class Loop:
         self.cfg, self.acc, self.tokenizer, self.run_dir = cfg, acc, tokenizer, Path(run_dir)
         self.train_enc, self.val_enc, self.precision = train_enc, val_enc, precision
         self.counts, self.progress = counts, progress
-        self.world, self.rank, self.accum = (
-            acc.num_processes,
-            acc.process_index,
-            t.grad_accumulation,
-        )
+        self.world, self.rank = acc.num_processes, acc.process_index
+        self.accum = t.grad_accumulation
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.lengths = train_enc.lengths
         n_batches = len(train_batches(self.lengths, t.per_device_batch_size, t.seed, 0, False))
@@ -100,6 +97,7 @@ class Loop:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.step, self.best_acc, self.best_step, self.bad_evals = 0, -1.0, 0, 0
         self.best_state: dict | None = None
+        self.best_val_logits: np.ndarray | None = None  # the best evaluation's (validation order)
         self.best_metrics: dict = {}
         self.last_eval: dict = {}
         self.stopped_early = False
@@ -218,7 +216,8 @@ class Loop:
         order = np.argsort(all_idx)
         if not np.array_equal(all_idx[order], np.arange(len(self.val_enc))):
             raise RuntimeError("validation rows were dropped or duplicated across processes")
-        metrics = classification_metrics(self.val_enc.labels, all_logits[order])
+        self.val_logits = all_logits[order]
+        metrics = classification_metrics(self.val_enc.labels, self.val_logits)
         metrics["rows"] = int(len(order))
         return metrics
 
@@ -346,6 +345,7 @@ class Loop:
             self.best_acc, self.best_step, self.bad_evals = m["accuracy"], self.step, 0
             self.best_metrics = {f"val_{k}": v for k, v in m.items() if k != "rows"}
             self.best_state = trainable_state(self.acc.unwrap_model(self.model))
+            self.best_val_logits = self.val_logits
         else:
             self.bad_evals += 1
         self.last_eval = m

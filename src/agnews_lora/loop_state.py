@@ -82,6 +82,7 @@ def fit_result(loop: Loop) -> FitResult:
         best_accuracy=loop.best_acc,
         best_metrics=loop.best_metrics,
         best_state=loop.best_state,
+        best_val_logits=loop.best_val_logits,
         final_validation=loop.last_eval,
         train_seconds=loop.train_time,
         train_rows=len(loop.train_enc),

@@ -3,9 +3,11 @@
 The parameter breakdown against the budget, the training curves, the evaluation metrics with
 confusion matrices and per-class F1 (validation; the held-out test split and any other ``eval/``
 split once `evaluate` ran), the most-confused and least-confident validation examples, timings and
-the machine.  Validation predictions are computed here, with the run's ``Predictor`` on (at most
-``max_rows`` of) the run's own validation split, rebuilt from its config exactly as training
-split it.  Written at the end of `train`, by `evaluate`, and by ``agnews-lora report RUN_DIR``.
+the machine.  The validation predictions are the best evaluation's (``validation_logits.npy``,
+saved by `train`: the ones behind ``best.val_accuracy``) on (at most ``max_rows`` of) the run's own
+validation split, rebuilt from its config exactly as training split it; where that file is absent
+(the best evaluation came before a resume; an older run) the run's ``Predictor`` makes them.
+Written at the end of `train`, by `evaluate`, and by ``agnews-lora report RUN_DIR``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .report_sections import (
     params_section,
     timings_section,
 )
-from .runs import load_finished_run, read_metrics
+from .runs import VAL_LOGITS, load_finished_run, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +47,22 @@ def validation_predictions(run_dir: Path, cfg, max_rows: int) -> ValPredictions:
         rng = np.random.default_rng(cfg.data.split_seed)
         idx = np.sort(rng.choice(len(val), max_rows, replace=False))
     sample = val.subset(idx)
-    predictor = Predictor.from_run(run_dir, batch_size=cfg.train.eval_batch_size)
-    logits, _ = predictor.logits(sample.texts)
+    saved = _saved_val_logits(run_dir, (len(val), len(cfg.data.label_names)))
+    if saved is not None:
+        logits = saved[idx]
+    else:
+        predictor = Predictor.from_run(run_dir, batch_size=cfg.train.eval_batch_size)
+        logits, _ = predictor.logits(sample.texts)
     return ValPredictions(sample.texts, np.asarray(sample.labels), softmax(logits), len(val))
+
+
+def _saved_val_logits(run_dir: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The logits `train` saved from its best evaluation, if they fit this validation split."""
+    try:
+        logits = np.load(run_dir / VAL_LOGITS, allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # absent (a resumed run, an older run) or unreadable: predict instead
+    return logits if logits.shape == shape and np.isfinite(logits).all() else None
 
 
 def eval_results(run_dir: Path) -> dict[str, dict]:

@@ -9,6 +9,7 @@ Layout::
       adapter/             PEFT adapter (LoRA + classifier head) + tokenizer
       merged/              LoRA merged into the base weights: plain transformers model + tokenizer
       plots/               loss_curves.png, accuracy_curve.png
+      validation_logits.npy  the best evaluation's validation logits (for the run report)
       summary.json         written last: its presence marks the run complete
       eval/<split>/        after `evaluate`
 """
@@ -21,11 +22,17 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoint import latest_checkpoint
 from .config import Config, config_from_dict
 from .errors import UserError
 from .safe_yaml import read_yaml_file
+
+if TYPE_CHECKING:
+    import numpy as np
+
+VAL_LOGITS = "validation_logits.npy"  # float32 (validation rows, classes), in the split's order
 
 
 @dataclass
@@ -67,6 +74,9 @@ class FitResult:
     fast_dropout: dict | None  # what fast_dropout.use_fast_dropout changed (undone before saving)
     schedule: dict | None = None  # how total_steps was chosen (time_budget.plan_steps)
     started: float | None = None  # time.perf_counter() when setup began (this session)
+    # validation logits of the best evaluation, in split order (None: that evaluation was before a
+    # resume, or never happened); saved for the run report so that it need not predict them again
+    best_val_logits: np.ndarray | None = None
 
 
 def write_json(path: str | Path, data) -> None:
