@@ -370,7 +370,7 @@ def test_two_workers_share_one_postgres_study(tiny_model_dir, data_dir, tmp_path
         "params: {train.learning_rate: {low: 0.001, high: 0.03, log: true}}\n"
     )
     path = _write(tmp_path, tiny_model_dir, data_dir / "train.csv", body)
-    n = 6
+    n = 4
     workers = [
         subprocess.Popen(
             [
