@@ -50,6 +50,7 @@ def test_train_evaluate_predict_end_to_end(tiny_model_dir, data_dir, tmp_path, c
         "merged/tokenizer_config.json",
         "report.html",
         "merged/README.md",
+        "validation_logits.npy",
     }
     assert files == expected, files ^ expected
 
