@@ -45,8 +45,6 @@ from .weights import trainable_state
 log = logging.getLogger(__name__)
 
 OnEval = Callable[[int, dict], None]
-# with several processes, the stop flag (SIGINT / SIGTERM) is all-reduced every N steps
-STOP_SYNC_EVERY = 10
 
 
 class Loop:
@@ -302,7 +300,7 @@ class Loop:
                 self.save_checkpoint()
             if bar is not None:
                 bar.update(1)
-            if self._stop_requested(sig, last):
+            if sig.agreed(self.acc, self.step, last):
                 self.save_checkpoint()
                 raise TrainingInterrupted(self.run_dir, self.step, sig.received or signal.SIGTERM)
             if self.stopped_early:
@@ -364,17 +362,6 @@ class Loop:
             call_on_eval(self.acc, on_eval, self.step, rec)
         patience = self.cfg.train.early_stopping_patience
         return patience is not None and self.bad_evals >= patience
-
-    def _stop_requested(self, sig: StopSignals, last: bool) -> bool:
-        if self.world == 1:
-            return sig.received is not None
-        if self.step % STOP_SYNC_EVERY and not last:  # every process must stop at the same step
-            return False
-        flag = torch.tensor([1.0 if sig.received else 0.0], device=self.acc.device)
-        stop = float(self.acc.reduce(flag, "sum")[0]) > 0
-        if stop and sig.received is None:
-            sig.received = signal.SIGTERM
-        return stop
 
     # -- the outcome ---------------------------------------------------------------------------
     def result(self) -> FitResult:

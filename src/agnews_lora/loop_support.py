@@ -1,4 +1,5 @@
-"""Small parts of the training loop: the stop-signal flag, the logging window, the on_eval call."""
+"""Small parts of the training loop: the stop signals (and their agreement across processes), the
+logging window, the on_eval call."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import signal
 import time
 
 import torch
+
+# with several processes, the stop flag (SIGINT / SIGTERM) is all-reduced every N steps
+STOP_SYNC_EVERY = 10
 
 
 class StopSignals:
@@ -29,6 +33,20 @@ class StopSignals:
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
+
+    def agreed(self, acc, step: int, last: bool) -> bool:
+        """Whether the run stops after ``step``: a signal here, or, with several processes, in any
+        of them (all-reduced every `STOP_SYNC_EVERY` steps and at the last, so that every process
+        stops at the same step)."""
+        if acc.num_processes == 1:
+            return self.received is not None
+        if step % STOP_SYNC_EVERY and not last:
+            return False
+        flag = torch.tensor([1.0 if self.received else 0.0], device=acc.device)
+        stop = float(acc.reduce(flag, "sum")[0]) > 0
+        if stop and self.received is None:
+            self.received = signal.SIGTERM
+        return stop
 
 
 class LogWindow:

@@ -23,7 +23,8 @@ from .config import Config, save_config
 from .data import Table, encode, load_splits
 from .devices import resolve_precision
 from .errors import UserError
-from .loop import STOP_SYNC_EVERY, Loop, OnEval
+from .loop import Loop, OnEval
+from .loop_support import STOP_SYNC_EVERY
 from .modeling import (
     apply_lora,
     load_base_model,
