@@ -3,6 +3,7 @@ sweep / tuning-study report; self-contained, and rendered by headless Chromium."
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -161,9 +162,9 @@ def test_report_renders_in_headless_chromium(trained_run, tmp_path):
     assert png.stat().st_size > 50_000 and distinct_colours(png) > 500
 
 
-def test_report_reuses_the_best_evaluations_logits(run_copy, monkeypatch):
+def test_report_reuses_the_best_evaluations_logits(run_copy, tmp_path, monkeypatch):
     """train saves the logits behind best.val_accuracy; the report uses them instead of predicting the
-    validation rows again, and predicts them only where the file is absent."""
+    validation rows again, and predicts them where the file is absent or the rows changed."""
     import numpy as np
 
     from agnews_lora import prediction
@@ -171,6 +172,7 @@ def test_report_reuses_the_best_evaluations_logits(run_copy, monkeypatch):
     from agnews_lora.data import load_splits
     from agnews_lora.export import save_val_logits
     from agnews_lora.run_report import build_run_report
+    from agnews_lora.tiny import write_csv
 
     summary = json.loads((run_copy / "summary.json").read_text())
     logits = np.load(run_copy / "validation_logits.npy")
@@ -188,4 +190,18 @@ def test_report_reuses_the_best_evaluations_logits(run_copy, monkeypatch):
     assert not (run_copy / "validation_logits.npy").exists()
     assert "No validation predictions: predicted again" in build_run_report(run_copy)
     np.save(run_copy / "validation_logits.npy", logits[:-1])  # not this split's rows: predict again
+    assert "predicted again" in build_run_report(run_copy)
+
+    # the data file edited since training: the same number of rows, split alike, other texts
+    np.save(run_copy / "validation_logits.npy", logits)
+    assert f"{n_val:,} of {n_val:,}" in build_run_report(run_copy)
+    cfg_path = run_copy / "config.yaml"
+    text = cfg_path.read_text(encoding="utf-8")
+    train_file = re.search(r"train_file: (.+)", text).group(1).strip().strip("'\"")
+    with open(train_file, newline="", encoding="utf-8") as fh:
+        rows = [(r["text"] + " edited", int(r["label"])) for r in csv.DictReader(fh)]
+    edited = write_csv(tmp_path / "edited.csv", rows)
+    cfg_path.write_text(text.replace(train_file, str(edited)), encoding="utf-8")
+    val = load_splits(load_config(cfg_path))["validation"]
+    assert len(val) == n_val and np.array_equal(val.labels, labels)  # only the texts differ
     assert "predicted again" in build_run_report(run_copy)

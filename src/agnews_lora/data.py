@@ -251,6 +251,7 @@ def load_test_split(cfg: Config, data_file: str | None = None, trust_pickle: boo
 class Encoded:
     ids: list[np.ndarray]  # one int32 array per text, special tokens included, no padding
     labels: np.ndarray | None
+    rows_sha256: str | None = None  # `rows_fingerprint` of the table it was encoded from
 
     @property
     def lengths(self) -> np.ndarray:
@@ -258,6 +259,18 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def rows_fingerprint(table: Table) -> str:
+    """sha256 of a split's texts and labels, in order: names exactly the rows a run saw (two splits
+    with the same number of rows but one edited text differ)."""
+    h = hashlib.sha256()
+    for t in table.texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    if table.labels is not None:
+        h.update(np.ascontiguousarray(table.labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
@@ -293,7 +306,7 @@ def encode(table: Table, tokenizer, max_length: int, cache_dir: str | None = Non
                 ids = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
                 if len(ids) == len(table):
                     log.debug("tokenised %s from cache %s", table.name, key)
-                    return Encoded(ids, table.labels)
+                    return Encoded(ids, table.labels, rows_fingerprint(table))
             except Exception:  # a damaged cache file is simply rebuilt
                 pass
     enc = tokenizer(table.texts, truncation=True, max_length=max_length)["input_ids"]
@@ -305,7 +318,7 @@ def encode(table: Table, tokenizer, max_length: int, cache_dir: str | None = Non
         tmp = key.with_suffix(f".tmp{os.getpid()}.npz")
         np.savez(tmp, flat=np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets=offsets)
         os.replace(tmp, key)
-    return Encoded(ids, table.labels)
+    return Encoded(ids, table.labels, rows_fingerprint(table))
 
 
 def encode_texts(tokenizer, texts: Sequence[str], max_length: int) -> tuple[Encoded, list[bool]]:

@@ -151,6 +151,7 @@ def export_run(
         "resumed_from_step": fit.resumed_from,
         "train_rows": fit.train_rows,
         "validation_rows": fit.validation_rows,
+        "validation_sha256": fit.validation_sha256,  # which rows (the run report checks it)
         "world_size": fit.world_size,
         "per_device_batch_size": fit.per_device_batch_size,
         "grad_accumulation": fit.grad_accumulation,

@@ -83,6 +83,7 @@ def fit_result(loop: Loop) -> FitResult:
         best_metrics=loop.best_metrics,
         best_state=loop.best_state,
         best_val_logits=loop.best_val_logits,
+        validation_sha256=loop.val_enc.rows_sha256,
         final_validation=loop.last_eval,
         train_seconds=loop.train_time,
         train_rows=len(loop.train_enc),

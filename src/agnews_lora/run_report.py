@@ -6,7 +6,9 @@ split once `evaluate` ran), the most-confused and least-confident validation exa
 the machine.  The validation predictions are the best evaluation's (``validation_logits.npy``,
 saved by `train`: the ones behind ``best.val_accuracy``) on (at most ``max_rows`` of) the run's own
 validation split, rebuilt from its config exactly as training split it; where that file is absent
-(the best evaluation came before a resume; an older run) the run's ``Predictor`` makes them.
+(the best evaluation came before a resume; an older run) or the rebuilt rows are not the ones it was
+saved for (``summary.json``'s ``validation_sha256``: the data file was edited since) the run's
+``Predictor`` makes them.
 Written at the end of `train`, by `evaluate`, and by ``agnews-lora report RUN_DIR``.
 """
 
@@ -35,10 +37,12 @@ MAX_ROWS = 1000  # validation rows predicted for the report (a seeded sample of 
 N_EXAMPLES = 10
 
 
-def validation_predictions(run_dir: Path, cfg, max_rows: int) -> ValPredictions:
+def validation_predictions(
+    run_dir: Path, cfg, max_rows: int, rows_sha256: str | None = None
+) -> ValPredictions:
     """The run's predictions on (a seeded sample of at most ``max_rows`` of) its validation
-    split."""
-    from .data import load_splits
+    split; the saved logits are used only when the split's fingerprint is ``rows_sha256``."""
+    from .data import load_splits, rows_fingerprint
     from .prediction import Predictor, softmax
 
     val = load_splits(cfg)["validation"]
@@ -47,7 +51,9 @@ def validation_predictions(run_dir: Path, cfg, max_rows: int) -> ValPredictions:
         rng = np.random.default_rng(cfg.data.split_seed)
         idx = np.sort(rng.choice(len(val), max_rows, replace=False))
     sample = val.subset(idx)
-    saved = _saved_val_logits(run_dir, (len(val), len(cfg.data.label_names)))
+    saved = None
+    if rows_sha256 is not None and rows_sha256 == rows_fingerprint(val):
+        saved = _saved_val_logits(run_dir, (len(val), len(cfg.data.label_names)))
     if saved is not None:
         logits = saved[idx]
     else:
@@ -83,7 +89,7 @@ def build_run_report(run_dir: str | Path, max_rows: int = MAX_ROWS) -> str:
     labels = list(cfg.data.label_names)
     val, why_not = None, ""
     try:
-        val = validation_predictions(run_dir, cfg, max_rows)
+        val = validation_predictions(run_dir, cfg, max_rows, summary.get("validation_sha256"))
     except Exception as e:  # noqa: BLE001 - no data file or Hub: the rest of the report stands
         why_not = str(e).splitlines()[0] if str(e) else type(e).__name__
         log.warning("report: no validation predictions (%s)", why_not)

@@ -77,6 +77,7 @@ class FitResult:
     # validation logits of the best evaluation, in split order (None: that evaluation was before a
     # resume, or never happened); saved for the run report so that it need not predict them again
     best_val_logits: np.ndarray | None = None
+    validation_sha256: str | None = None  # data.rows_fingerprint of the validation split
 
 
 def write_json(path: str | Path, data) -> None:
