@@ -290,14 +290,12 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 def encode(table: Table, tokenizer, max_length: int, cache_dir: str | None = None) -> Encoded:
     """Tokenise once; with ``cache_dir``, a later call with the same texts and tokenizer reads
     the cache."""
-    key = None
+    key, rows = None, rows_fingerprint(table)
     if cache_dir:
         h = hashlib.sha256()
         h.update(_tokenizer_fingerprint(tokenizer).encode())
         h.update(str(max_length).encode())
-        for t in table.texts:
-            h.update(t.encode("utf-8", "surrogatepass"))
-            h.update(b"\0")
+        h.update(rows.encode())
         key = Path(cache_dir) / f"tokens-{h.hexdigest()[:24]}.npz"
         if key.is_file():
             try:
@@ -306,7 +304,7 @@ def encode(table: Table, tokenizer, max_length: int, cache_dir: str | None = Non
                 ids = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
                 if len(ids) == len(table):
                     log.debug("tokenised %s from cache %s", table.name, key)
-                    return Encoded(ids, table.labels, rows_fingerprint(table))
+                    return Encoded(ids, table.labels, rows)
             except Exception:  # a damaged cache file is simply rebuilt
                 pass
     enc = tokenizer(table.texts, truncation=True, max_length=max_length)["input_ids"]
@@ -318,7 +316,7 @@ def encode(table: Table, tokenizer, max_length: int, cache_dir: str | None = Non
         tmp = key.with_suffix(f".tmp{os.getpid()}.npz")
         np.savez(tmp, flat=np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets=offsets)
         os.replace(tmp, key)
-    return Encoded(ids, table.labels, rows_fingerprint(table))
+    return Encoded(ids, table.labels, rows)
 
 
 def encode_texts(tokenizer, texts: Sequence[str], max_length: int) -> tuple[Encoded, list[bool]]:
