@@ -96,3 +96,35 @@ def test_profile_step_tiny_prints_where_the_time_goes():
     out = proc.stdout
     assert "dropout fast-cpu" in out and "ms/step (profiled)" in out and "matrix products" in out
     assert "aten::" in out  # the operator table
+
+
+def test_precision_benchmark_times_both_precisions_and_reports_autos_choice(tmp_path):
+    out = tmp_path / "precision.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "precision.py"), "--model", "tiny"]
+        + ["--rounds", "1", "--steps", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train ms/step" in proc.stdout and "-> auto = " in proc.stdout  # the printed table
+    report = json.loads(out.read_text())
+    for name in ("fp32", "bf16"):
+        r = report["results"][name]
+        assert r["peak_matmul_tflops"] > 0 and r["train_samples_per_s"] > 0
+        assert r["infer_samples_per_s"] > 0
+        assert len(r["train_ms_per_step_rounds"]) == 1
+    assert report["auto"] in ("fp32", "bf16")
+    assert report["faster_in_training"] in ("fp32", "bf16")
+    assert report["auto_chose_the_faster"] == (report["auto"] == report["faster_in_training"])
+    # the probe runs only where the CPU offers bf16 at all, and 'auto' follows it
+    if report["probe_bf16_speedup"] is None:
+        assert report["auto"] == "fp32"
+    else:
+        fast = report["probe_bf16_speedup"] >= report["probe_threshold"]
+        assert report["auto"] == ("bf16" if fast else "fp32")

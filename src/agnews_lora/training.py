@@ -21,7 +21,7 @@ from . import time_budget
 from .budget import ParamCounts, check_budget, count_params
 from .config import Config, save_config
 from .data import Table, encode, load_splits
-from .devices import resolve_precision
+from .devices import precision_reason, resolve_precision
 from .errors import UserError
 from .loop import Loop, OnEval
 from .loop_support import STOP_SYNC_EVERY
@@ -193,9 +193,10 @@ def setup(
     cache = cfg.data.cache_dir
     train_enc = encode(splits["train"], tokenizer, cfg.model.max_length, cache)
     val_enc = encode(splits["validation"], tokenizer, cfg.model.max_length, cache)
+    why = precision_reason(cfg.train.precision, acc.device.type)
     say(
         f"data: {len(train_enc):,} train / {len(val_enc):,} validation rows; "
-        f"precision {precision}; {acc.num_processes} process(es) on {acc.device}"
+        f"precision {precision}{f' ({why})' if why else ''}; {acc.num_processes} process(es) on {acc.device}"
     )
 
     loop = Loop(
