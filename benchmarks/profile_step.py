@@ -5,7 +5,7 @@
     python benchmarks/profile_step.py --device cuda --model minilm --steps 10   # GPU: how busy the kernels keep it
 
 Builds the loop with ``agnews_lora.training.setup`` (as ``train`` does), runs ``Loop.train_step``
-(the real step: length-grouped batch, bf16 autocast where the hardware has it, LoRA, AdamW) on
+(the real step: length-grouped batch, bf16 autocast where `auto` measures it faster, LoRA, AdamW) on
 the shared AG News rows (synthetic rows for the tiny model), warms up on the same steps, then
 profiles ``--steps`` steps and prints
 the wall time per step, the share of matrix products and the top operators by self CPU time.

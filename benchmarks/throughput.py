@@ -12,7 +12,7 @@ peak RSS), run one after the other:
 2. ``trainer``: what ``transformers.Trainer`` does by default: fp32, ``DataCollatorWithPadding``
    (pad to the longest row of each batch), random batches; inference on the unmerged PEFT model.
 3. ``ours``: the project's own code path with its defaults: the Accelerate-prepared model of
-   ``agnews_lora.training.Loop`` (built by ``setup``) (bf16 autocast where the hardware has it), length-grouped
+   ``agnews_lora.training.Loop`` (built by ``setup``) (bf16 where `auto` measures it faster), length-grouped
    batches from ``train_batches(..., group_by_length=True)``, ``collate`` padding to a multiple
    of 16; inference through ``Predictor`` on the merged model (``inference_mode``, sorted
    batches, SDPA, bf16).

@@ -3,7 +3,7 @@
 `Predictor` tokenises, plans length-sorted batches (`batching.plan_batches`), pads each to a
 multiple of 8 and hands it to a backend (`backends.load_backend`): ``torch``, the run's
 ``merged/`` model, a plain transformers model with no LoRA side branches, under
-``torch.inference_mode`` in bf16 where the hardware has it; or ``onnx`` / ``openvino``, the run's
+``torch.inference_mode`` in bf16 where the hardware runs it faster; or ``onnx`` / ``openvino``, the run's
 export (`agnews_lora.runtimes`), in fp32 on the CPU.  The training loop's validation goes through
 the same planner and padding
 (`batched_logits`).  Label names come from the model itself (``merged/config.json``).
