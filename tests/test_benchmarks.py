@@ -12,20 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 STYLES = ("seed_notebook", "trainer", "ours")
 
 
-def test_throughput_quick_tiny_writes_json(tmp_path):
-    out = tmp_path / "bench.json"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the machine running the tests may be shared
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``python benchmarks/SCRIPT ARGS`` offline, yielding the cores to others; it must exit 0."""
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_WAIT_POLICY="PASSIVE"
+    )  # the machine running the tests may be shared
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "throughput.py"),
-            "--model",
-            "tiny",
-            "--quick",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -33,6 +26,12 @@ def test_throughput_quick_tiny_writes_json(tmp_path):
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_throughput_quick_tiny_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_benchmark("throughput.py", "--model", "tiny", "--quick", "--json", str(out))
     assert "ours/seed_notebook" in proc.stdout  # the printed table
     report = json.loads(out.read_text())
 
@@ -72,27 +71,7 @@ def test_throughput_quick_tiny_writes_json(tmp_path):
 
 
 def test_profile_step_tiny_prints_where_the_time_goes():
-    env = dict(
-        os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_WAIT_POLICY="PASSIVE"
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "profile_step.py"),
-            "--model",
-            "tiny",
-            "--steps",
-            "2",
-            "--first-step",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_benchmark("profile_step.py", "--model", "tiny", "--steps", "2", "--first-step", "3")
     out = proc.stdout
     assert "dropout fast-cpu" in out and "ms/step (profiled)" in out and "matrix products" in out
     assert "aten::" in out  # the operator table
@@ -100,18 +79,9 @@ def test_profile_step_tiny_prints_where_the_time_goes():
 
 def test_precision_benchmark_times_both_precisions_and_reports_autos_choice(tmp_path):
     out = tmp_path / "precision.json"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "precision.py"), "--model", "tiny"]
-        + ["--rounds", "1", "--steps", "1", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
+    proc = run_benchmark(
+        "precision.py", "--model", "tiny", "--rounds", "1", "--steps", "1", "--json", str(out)
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train ms/step" in proc.stdout and "-> auto = " in proc.stdout  # the printed table
     report = json.loads(out.read_text())
     for name in ("fp32", "bf16"):
