@@ -101,3 +101,79 @@ def test_two_process_gloo_run_matches_single_process_with_same_global_batch(
     # only the main process writes and talks
     assert ddp.stdout.count("best val") == 1
     assert "Traceback" not in ddp.stderr
+
+
+RANK_PROBE_HOOK = '''
+import importlib.abc, importlib.util, os, pathlib, sys
+
+
+class _Hook(importlib.abc.MetaPathFinder):
+    """rank 0's probe finds bf16 4x faster, every other rank's 0.5x; each rank logs its precision"""
+
+    names = {"agnews_lora.devices", "agnews_lora.training"}
+
+    def find_spec(self, name, path, target=None):
+        if name not in self.names:
+            return None
+        self.names.discard(name)
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        sys.meta_path.insert(0, self)
+        orig = spec.loader.exec_module
+
+        def exec_module(module):
+            orig(module)
+            if name == "agnews_lora.devices":
+                module.bf16_speedup = lambda *a, **k: 4.0 if os.environ["RANK"] == "0" else 0.5
+            else:
+                setup = module.setup
+
+                def logged(*args, **kwargs):
+                    loop = setup(*args, **kwargs)
+                    out = pathlib.Path(os.environ["PRECISION_LOG"]) / ("rank" + os.environ["RANK"])
+                    out.write_text(loop.precision)
+                    return loop
+
+                module.setup = logged
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _Hook())
+'''
+
+
+def test_every_process_trains_at_rank_0s_precision_when_their_probes_disagree(
+    no_dropout_model, data_dir, tmp_path
+):
+    hook, log = tmp_path / "hook", tmp_path / "precision"
+    hook.mkdir()
+    log.mkdir()
+    (hook / "sitecustomize.py").write_text(RANK_PROBE_HOOK)
+    sets = _sets(
+        no_dropout_model,
+        data_dir,
+        tmp_path,
+        "auto",
+        **{"train.precision": "auto", "train.max_steps": 4, "train.eval_every": 4},
+    )
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PRECISION_LOG": str(log),
+        "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, "-m", "agnews_lora", "train", "--no-progress", *sets],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.name: p.read_text() for p in log.iterdir()} == {"rank0": "bf16", "rank1": "bf16"}
+    summary = json.loads((tmp_path / "runs" / "auto" / "summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["world_size"] == 2
+    assert "auto: bf16 matmuls measured 4.0x fp32's pace" in proc.stdout + proc.stderr

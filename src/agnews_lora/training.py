@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import broadcast_object_list, set_seed
 
 from . import checkpoint as ckpt
 from . import time_budget
@@ -151,6 +151,9 @@ def setup(
     cuda = torch.cuda.is_available()
     precision = resolve_precision(cfg.train.precision, "cuda" if cuda else "cpu")
     AcceleratorState._reset_state()  # a second setup() in one process may use another precision
+    processes = PartialState(cpu=not cuda)
+    if processes.num_processes > 1:  # 'auto' is measured in each process: rank 0's answer holds
+        precision = broadcast_object_list([precision], from_process=0)[0]
     if state is None:
         run_dir = Path(cfg.output_dir) / (cfg.run_name or default_run_name(cfg))
     # cpu=True lets Accelerate run multi-process on CPU (gloo) under torchrun / accelerate launch
