@@ -75,3 +75,12 @@ def test_cpu_flags_are_read_from_proc_cpuinfo():
     assert isinstance(flags, set)
     if flags:  # Linux: the flags line of the first CPU
         assert all(f == f.strip() and f for f in flags)
+
+
+def test_the_probe_leaves_the_global_random_state_alone(fresh_probe, monkeypatch):
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx512_bf16"})
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    devices.bf16_speedup(n=64, reps=1)
+    assert torch.equal(torch.rand(3), expected)

@@ -34,7 +34,9 @@ def bf16_speedup(n: int = 768, reps: int = 5) -> float | None:
     ``reps`` alternating rounds, ~0.1 s); None where the CPU reports no bf16 instructions at all."""
     if not ({"amx_bf16", "avx512_bf16"} & _cpu_flags()):
         return None
-    pairs = {dtype: (torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)) for dtype in _DTYPES}
+    gen = torch.Generator().manual_seed(0)  # the global RNG (a run's seed) is left alone
+    x, y = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    pairs = {dtype: (x.to(dtype), y.to(dtype)) for dtype in _DTYPES}
     times: dict[torch.dtype, list[float]] = {dtype: [] for dtype in _DTYPES}
     for i in range(reps + 2):  # alternating, so that a busy neighbour slows both alike
         for dtype, (x, y) in pairs.items():
