@@ -180,6 +180,18 @@ def test_summary_records_what_was_used(trained_run):
     )
     assert s["timings"]["train_seconds"] > 0 and s["timings"]["train_samples_per_s"] > 0
     assert s["steps"] == 120 and s["train_rows"] + s["validation_rows"] == 800
+    # precision 'auto' on a CPU says why it chose what it chose
+    from agnews_lora.devices import BF16_MIN_SPEEDUP
+
+    if torch.cuda.is_available():
+        assert s["precision_reason"] is None
+    elif "measured" in s["precision_reason"]:
+        speedup = float(s["precision_reason"].split("measured ")[1].split("x")[0])
+        if abs(speedup - BF16_MIN_SPEEDUP) > 0.1:  # the log rounds to 0.1x
+            assert (s["precision"] == "bf16") == (speedup > BF16_MIN_SPEEDUP)
+    else:
+        assert s["precision_reason"] == "auto: this CPU has no bf16 instructions"
+        assert s["precision"] == "fp32"
 
 
 def test_bf16_stored_frozen_base_changes_nothing_under_autocast(tiny_model_dir):

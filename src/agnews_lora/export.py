@@ -21,7 +21,7 @@ import transformers
 from . import __version__, model_card
 from .budget import ParamCounts
 from .config import Config
-from .devices import has_cast_linears
+from .devices import has_cast_linears, precision_reason
 from .fast_dropout import restore_dropout
 from .machine import machine_info
 from .modeling import apply_lora, load_base_model
@@ -157,6 +157,8 @@ def export_run(
         "grad_accumulation": fit.grad_accumulation,
         "global_batch_size": fit.global_batch_size,
         "precision": fit.precision,
+        # why 'auto' chose it on a CPU (the probe this process ran), e.g. bf16 measured slower here
+        "precision_reason": precision_reason(cfg.train.precision, fit.device.split(":")[0]) or None,
         "device": fit.device,
         "dropout": "fast-cpu (numpy PCG64 masks)" if fit.fast_dropout is not None else "torch",
         "timings": {

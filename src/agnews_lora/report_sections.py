@@ -287,7 +287,11 @@ def timings_section(summary: dict) -> str:
             f"{summary.get('train_rows', 0):,} train / {summary.get('validation_rows', 0):,} "
             "validation",
         ],
-        ["precision", summary.get("precision")],
+        [
+            "precision",
+            f"{summary.get('precision')}"
+            + (f" ({summary['precision_reason']})" if summary.get("precision_reason") else ""),
+        ],
         ["device", summary.get("device")],
         ["dropout", summary.get("dropout")],
         ["stopped early", summary.get("stopped_early")],
