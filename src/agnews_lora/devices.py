@@ -15,6 +15,7 @@ from .errors import UserError
 # (docs/performance.md): ~7x on the AMX Xeon, ~4x on the AVX512-BF16 EPYC (Zen 4), 0.5x on a Xeon whose
 # hypervisor hides AMX but shows avx512_bf16 — far from the line either way.
 BF16_MIN_SPEEDUP = 1.25
+_DTYPES = (torch.float32, torch.bfloat16)  # the probe's two precisions
 
 
 def _cpu_flags() -> set[str]:
@@ -45,9 +46,6 @@ def bf16_speedup(n: int = 768, reps: int = 5) -> float | None:
                 times[dtype].append(seconds)
     fp32, bf16 = (statistics.median(times[dtype]) for dtype in _DTYPES)
     return fp32 / bf16
-
-
-_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _time_matmul(x: torch.Tensor, y: torch.Tensor) -> float:
