@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     )
     args = p.parse_args(argv)
 
-    import throughput as T
+    import _throughput_setup as T
     from _common import machine_info
 
     from agnews_lora.config import LoraSettings, load_config

@@ -47,8 +47,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import _common as C
+    import _throughput_setup as T
     import numpy as np
-    import throughput as T
 
     from agnews_lora import devices
     from agnews_lora.backends import TorchBackend, prepare_for_inference

@@ -66,8 +66,8 @@ def main(argv=None) -> int:
     if args.device == "cpu":  # setup() trains on a GPU whenever it sees one
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+    import _throughput_setup as T
     import numpy as np
-    import throughput as T
     import torch
     from torch.profiler import ProfilerActivity, profile
 

