@@ -38,23 +38,26 @@ def loadavg() -> list[float]:
 def machine_info() -> dict:
     import torch
 
+    from agnews_lora import devices
+
     cpu = platform.processor() or "unknown"
-    flags = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            info = fh.read()
-        for line in info.splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = info
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
+    flags = devices.cpu_flags()
     return {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_bf16": [f for f in ("amx_bf16", "avx512_bf16") if f in flags],
+        # what train.precision 'auto' picks on this CPU, and why (the measured bf16 probe, see devices.py)
+        "auto_cpu_precision": devices.resolve_precision("auto", "cpu"),
+        "auto_cpu_precision_reason": devices.precision_reason("auto", "cpu"),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
         "env": {

@@ -49,6 +49,10 @@ def test_throughput_quick_tiny_writes_json(tmp_path):
         report["seed_notebook"]["precision"] == "fp32" and report["trainer"]["precision"] == "fp32"
     )
     assert report["ours"]["precision"] in ("bf16", "fp32")
+    # the machine record says what 'auto' picks on this CPU and why; ours (precision 'auto') used exactly that
+    machine = report["machine"]
+    assert machine["auto_cpu_precision"] == report["ours"]["precision"]
+    assert machine["auto_cpu_precision_reason"].startswith("auto: ")
     assert report["ours"]["inference_model"].startswith("merged")
 
     for key in ("train_vs_seed_notebook", "train_vs_trainer", "infer_vs_seed_notebook"):

@@ -30,7 +30,7 @@ def fake_timings(monkeypatch, fp32_s: float, bf16_s: float) -> list:
 
 
 def test_without_bf16_instructions_auto_is_fp32_and_nothing_is_measured(fresh_probe, monkeypatch):
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "fma"})
     calls = fake_timings(monkeypatch, 0.01, 0.001)
     assert devices.resolve_precision("auto", "cpu") == "fp32"
     assert devices.bf16_speedup() is None and calls == []
@@ -49,7 +49,7 @@ def test_without_bf16_instructions_auto_is_fp32_and_nothing_is_measured(fresh_pr
 def test_auto_follows_the_measured_speedup_not_the_flags(
     fresh_probe, monkeypatch, flag, fp32_s, bf16_s, expected
 ):
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx2", flag})
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", flag})
     calls = fake_timings(monkeypatch, fp32_s, bf16_s)
     assert devices.resolve_precision("auto", "cpu") == expected
     assert devices.bf16_speedup() == pytest.approx(fp32_s / bf16_s)
@@ -65,20 +65,20 @@ def test_auto_follows_the_measured_speedup_not_the_flags(
 
 
 def test_the_probe_really_times_this_cpus_matmuls(fresh_probe, monkeypatch):
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx512_bf16"})
     speedup = devices.bf16_speedup(n=128, reps=3)
     assert math.isfinite(speedup) and 0 < speedup < 1000
 
 
 def test_cpu_flags_are_read_from_proc_cpuinfo():
-    flags = devices._cpu_flags()
+    flags = devices.cpu_flags()
     assert isinstance(flags, set)
     if flags:  # Linux: the flags line of the first CPU
         assert all(f == f.strip() and f for f in flags)
 
 
 def test_the_probe_leaves_the_global_random_state_alone(fresh_probe, monkeypatch):
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx512_bf16"})
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)

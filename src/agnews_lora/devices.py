@@ -18,7 +18,8 @@ BF16_MIN_SPEEDUP = 1.25
 _DTYPES = (torch.float32, torch.bfloat16)  # the probe's two precisions
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -33,7 +34,7 @@ def _cpu_flags() -> set[str]:
 def bf16_speedup(n: int = 768, reps: int = 5) -> float | None:
     """How many times faster a bf16 ``n x n`` matmul runs than an fp32 one on this CPU (medians over
     ``reps`` alternating rounds, ~0.1 s); None where the CPU reports no bf16 instructions at all."""
-    if not ({"amx_bf16", "avx512_bf16"} & _cpu_flags()):
+    if not ({"amx_bf16", "avx512_bf16"} & cpu_flags()):
         return None
     gen = torch.Generator().manual_seed(0)  # the global RNG (a run's seed) is left alone
     x, y = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
