@@ -2,18 +2,19 @@
 
 ``throughput.py --worker STYLE --spec SPEC --out OUT`` lands here (see that file's docstring for what
 each style does and how it is timed). ``Plan`` (how much each style runs) lives here because both
-halves need it; the JSON spec the parent writes carries it to the worker.
+halves need it; the JSON spec the parent writes carries it to the worker. The timing and memory helpers
+and the pad-multiple sweep are in ``_throughput_measure.py``.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import _common as C
+import _throughput_measure as M
 import numpy as np
 
 
@@ -90,7 +91,7 @@ def worker(style: str, spec_path: Path, out_path: Path) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     t_work = time.perf_counter()
     if style == "pad_sweep":
-        sweep = _pad_sweep(spec, train_table, eval_table, workdir)
+        sweep = M.pad_sweep(spec, train_table, eval_table, workdir)
         out_path.write_text(json.dumps(sweep, default=_jsonable))
         return 0
     if style == "ours":
@@ -119,127 +120,10 @@ def worker(style: str, spec_path: Path, out_path: Path) -> int:
     return 0
 
 
-def _pad_sweep(spec: dict, train_table, eval_table, workdir: Path) -> dict:
-    """Our loop once per pad multiple, interleaved round by round so that every setting sees the same load."""
-    from agnews_lora.config import load_config
-    from agnews_lora.training import setup
-
-    sw = spec["pad_sweep"]
-    loops = {}
-    for m in sw["multiples"]:
-        cfg = load_config(
-            None,
-            [
-                f"model.name_or_path={spec['model_path']}",
-                f"model.max_length={spec['max_length']}",
-                f"train.per_device_batch_size={spec['plan']['batch_size']}",
-                "train.max_steps=100000",
-                f"train.pad_to_multiple_of={m}",
-                f"data.cache_dir={spec['cache_dir']}",
-                f"output_dir={workdir}",
-                f"run_name=sweep-{m}",
-            ],
-        )
-        loops[m] = setup(
-            cfg, progress=False, splits={"train": train_table, "validation": eval_table}
-        )
-    precision = next(iter(loops.values())).precision
-    train_enc = next(iter(loops.values())).train_enc
-    per_round = {m: [] for m in loops}
-    widths = {m: set() for m in loops}
-    for _ in range(sw["rounds"]):
-        for m, loop in loops.items():  # same seed: every loop walks the same batches
-            t0, tokens = time.perf_counter(), 0
-            for _ in range(sw["steps"]):
-                idx = np.concatenate(loop.micro_batches(loop.step))
-                w = int(train_enc.lengths[idx].max())
-                widths[m].add(min(spec["max_length"], -(-w // m) * m))
-                tokens += loop.train_step()[1]
-            per_round[m].append(tokens / (time.perf_counter() - t0))
-    return {
-        "multiples": sw["multiples"],
-        "rounds": sw["rounds"],
-        "steps": sw["steps"],
-        "precision": precision,
-        "results": {
-            str(m): {
-                "tokens_per_s_by_round": v,
-                "median_tokens_per_s": float(np.median(v[1:] if len(v) > 1 else v)),
-                "distinct_widths": len(widths[m]),
-            }
-            for m, v in per_round.items()
-        },
-    }
-
-
 def torch_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-_GPU_PEAK_MB_OUTSIDE = [
-    0.0
-]  # GPU memory peak reached before a peak-FLOP/s measurement (which must not count)
-
-
-def _peak(precision: str, plan: Plan, device) -> dict:
-    if device.type != "cuda":
-        return C.measure_peak_flops(precision, plan.peak_sizes, plan.peak_reps, device.type)
-    import torch
-
-    _GPU_PEAK_MB_OUTSIDE[0] = max(
-        _GPU_PEAK_MB_OUTSIDE[0], torch.cuda.max_memory_allocated() / 2**20
-    )
-    out = C.measure_peak_flops(precision, plan.peak_sizes, plan.peak_reps, device.type)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()  # the big test matrices are not the model's memory
-    return out
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-def _timing_summary(
-    times: list[float], rows: list[int], tokens: list[int], widths: list[int]
-) -> dict:
-    total = sum(times)
-    return {
-        "train_steps_timed": len(times),
-        "train_seconds": total,
-        "train_samples_per_s": sum(rows) / total,
-        "train_tokens_per_s": sum(tokens) / total,
-        "train_padded_tokens_per_s": sum(w * r for w, r in zip(widths, rows)) / total,
-        "train_step_seconds_median": float(np.median(times)),
-        "train_mean_tokens_per_sample": sum(tokens) / sum(rows),
-        "train_mean_width": float(np.mean(widths)),
-        "train_widths_seen": sorted(set(int(w) for w in widths)),
-    }
-
-
-def _train_measure(step_fn, warm: int, steps: int):
-    """Run warm + steps steps; time the last ``steps``.  ``step_fn(i)`` -> (rows, real tokens,
-    padded width, lengths)."""
-    import torch
-
-    sync = (
-        torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
-    )  # GPU work is asynchronous
-    times, rows, tokens, widths, lengths = [], [], [], [], []
-    for i in range(warm + steps):
-        sync()
-        t0 = time.perf_counter()
-        n_rows, n_tokens, width, lens = step_fn(i)
-        sync()
-        dt = time.perf_counter() - t0
-        if i >= warm:
-            times.append(dt)
-            rows.append(n_rows)
-            tokens.append(n_tokens)
-            widths.append(width)
-            lengths.append(lens)
-    return times, rows, tokens, widths, lengths
 
 
 def _baseline(style, cfg, plan: Plan, tokenizer, train_enc, eval_enc, device) -> dict:
@@ -268,7 +152,7 @@ def _baseline(style, cfg, plan: Plan, tokenizer, train_enc, eval_enc, device) ->
         ]
         return {k: v.to(device) for k, v in collator(feats).items()}
 
-    peak = _peak("fp32", plan, device)
+    peak = M.peak("fp32", plan, device)
     set_seed(cfg.train.seed)
     model = apply_lora(load_base_model(cfg), cfg.lora).to(device)
     model.train()
@@ -306,9 +190,9 @@ def _baseline(style, cfg, plan: Plan, tokenizer, train_enc, eval_enc, device) ->
         optimizer.zero_grad(set_to_none=True)
         return len(idx), tokens, int(batch["input_ids"].shape[1]), lengths_all[idx]
 
-    times, rows, tokens, widths, step_lengths = _train_measure(step, warm, steps)
-    peak_after = _peak("fp32", plan, device)
-    res = _timing_summary(times, rows, tokens, widths)
+    times, rows, tokens, widths, step_lengths = M.train_measure(step, warm, steps)
+    peak_after = M.peak("fp32", plan, device)
+    res = M.timing_summary(times, rows, tokens, widths)
     if style != "seed_notebook":  # every seed batch already has the widest shape
         # peak memory over an epoch is set by its widest batch: the random batch holding the longest row
         widest = next(b for b in batches if lengths_all[b].max() == lengths_all.max())
@@ -333,8 +217,8 @@ def _baseline(style, cfg, plan: Plan, tokenizer, train_enc, eval_enc, device) ->
         t0 = time.perf_counter()
         infer_pass(np.arange(n_rows))
         pass_times.append(time.perf_counter() - t0)
-    res.update(_infer_summary(n_rows, pass_times, bs))
-    res.update(_memory(device))
+    res.update(M.infer_summary(n_rows, pass_times, bs))
+    res.update(M.memory(device))
     res.update(
         {
             "precision": "fp32",
@@ -348,28 +232,6 @@ def _baseline(style, cfg, plan: Plan, tokenizer, train_enc, eval_enc, device) ->
     return res
 
 
-def _infer_summary(n_rows: int, pass_times: list[float], batch_size: int) -> dict:
-    med = float(np.median(pass_times))
-    return {
-        "infer_rows": n_rows,
-        "infer_passes": len(pass_times),
-        "infer_batch_size": batch_size,
-        "infer_seconds_median": med,
-        "infer_samples_per_s": n_rows / med,
-    }
-
-
-def _memory(device) -> dict:
-    import torch
-
-    out = {"peak_rss_mb": round(_rss_mb(), 1)}
-    if device.type == "cuda":
-        out["peak_gpu_mb"] = round(
-            max(_GPU_PEAK_MB_OUTSIDE[0], torch.cuda.max_memory_allocated() / 2**20), 1
-        )
-    return out
-
-
 def _ours(cfg, plan: Plan, train_table, eval_table, device) -> dict:
     """The project's training loop (built by `training.setup`, as `train` builds it) and Predictor;
     only timed from outside."""
@@ -380,7 +242,7 @@ def _ours(cfg, plan: Plan, train_table, eval_table, device) -> dict:
     from agnews_lora.training import setup
 
     precision = resolve_precision(cfg.train.precision, device.type)
-    peak = _peak(precision, plan, device)
+    peak = M.peak(precision, plan, device)
     cfg.run_name = "ours-run"
     loop = setup(cfg, progress=False, splits={"train": train_table, "validation": eval_table})
     acc, tokenizer, train_enc, eval_enc = loop.acc, loop.tokenizer, loop.train_enc, loop.val_enc
@@ -413,9 +275,9 @@ def _ours(cfg, plan: Plan, train_table, eval_table, device) -> dict:
         width = min(max_length, -(-int(lens.max()) // multiple) * multiple)
         return n_rows, n_tokens, width, lens
 
-    times, rows, tokens, widths, step_lengths = _train_measure(step, len(warm_steps), len(sample))
-    peak_after = _peak(precision, plan, device)
-    res = _timing_summary(times, rows, tokens, widths)
+    times, rows, tokens, widths, step_lengths = M.train_measure(step, len(warm_steps), len(sample))
+    peak_after = M.peak(precision, plan, device)
+    res = M.timing_summary(times, rows, tokens, widths)
     res["train_timed_steps"] = (
         f"{len(sample)} steps evenly spaced over epoch 0 (after {len(warm_steps)} warm-up steps, one per width)"
     )
@@ -457,9 +319,9 @@ def _ours(cfg, plan: Plan, train_table, eval_table, device) -> dict:
         t0 = time.perf_counter()
         logits, _ = predictor.logits(texts)
         pass_times.append(time.perf_counter() - t0)
-    res.update(_infer_summary(len(texts), pass_times, cfg.train.eval_batch_size))
+    res.update(M.infer_summary(len(texts), pass_times, cfg.train.eval_batch_size))
     res.update(
-        _memory(device)
+        M.memory(device)
     )  # peak memory of the measured work only; the extras below add copies
     res.update(
         {

@@ -27,7 +27,8 @@ same process just before and just after the timed training (the larger of the tw
 With a CUDA GPU present the styles run there, on ``GPU_PLANS`` (more timed steps, the peak measured on
 larger matrices, the GPU synchronised around each timed step) and peak GPU memory is reported too.
 
-Each style's process runs ``_throughput_worker.py`` (the timed work); this file is the parent and the report.
+Each style's process runs ``_throughput_worker.py`` (the timed work, measured with
+``_throughput_measure.py``); this file is the parent, and ``_throughput_report.py`` the report.
 
 The machine is shared: the JSON records ``os.getloadavg()`` per style; compare ratios taken in
 one run, not absolute numbers across runs.
