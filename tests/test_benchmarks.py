@@ -1,9 +1,11 @@
-"""The throughput benchmark runs end to end on the tiny model and writes the documented JSON."""
+"""The benchmarks run end to end on the tiny model (throughput, profile, precision, serving load)
+and write their documented JSON."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +104,34 @@ def test_precision_benchmark_times_both_precisions_and_reports_autos_choice(tmp_
     else:
         fast = report["probe_bf16_speedup"] >= report["probe_threshold"]
         assert report["auto"] == ("bf16" if fast else "fp32")
+
+
+def test_serve_load_compares_ours_with_the_pipeline_server(trained_run, data_dir, tmp_path):
+    """serve_load.py starts ours and the plain pipeline server on the same run, loads both at each
+    concurrency and writes the side-by-side JSON (texts/s, percentiles, ratios), then stops both."""
+    out = tmp_path / "serve.json"
+    proc = run_benchmark(
+        "serve_load.py",
+        str(trained_run),
+        "--concurrency", "1", "4",
+        "--requests", "8",
+        "--warmup-requests", "2",
+        "--texts", str(data_dir / "test.csv"),
+        "--json", str(out),
+    )  # fmt: skip
+    assert "ours / pipeline server:" in proc.stdout
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"batched", "pipeline"}
+    for mode, rows in report["results"].items():
+        assert [r["concurrency"] for r in rows] == [1, 4], mode
+        for r in rows:
+            assert r["requests"] == 8 and r["errors"] == 0, (mode, r)
+            assert r["texts_per_s"] > 0
+            assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"], (mode, r)
+        # stopped by SIGTERM, not killed: ours re-raises it after draining (docs/serving.md), exit -15
+        assert report["servers"][mode]["exit_code"] in (0, -signal.SIGTERM), mode
+    assert report["servers"]["batched"]["serving"] and report["servers"]["pipeline"]["command"]
+    ratios = report["ours_vs_pipeline"]
+    assert set(ratios) == {"1", "4"}
+    assert all(r["texts_per_s"] > 0 and r["p99_ms"] > 0 for r in ratios.values())
+    assert str(data_dir / "test.csv") == report["texts_source"]
