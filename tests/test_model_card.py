@@ -11,7 +11,7 @@ from conftest import tiny_overrides
 from helpers import set_args
 from huggingface_hub import ModelCard
 
-from agnews_lora import cli
+from agnews_lora import cli, model_card
 from agnews_lora.config import Config, load_config
 from agnews_lora.model_card import render_card
 
@@ -93,6 +93,9 @@ def test_cli_run_card_shows_the_command(tiny_model_dir, data_dir, tmp_path, caps
     card = ModelCard.load(run / "merged" / "README.md")
     assert "command: `agnews-lora train --no-progress --set model.name_or_path=" in card.text
     assert json.loads((run / "summary.json").read_text())["command"].startswith("agnews-lora train")
+    # the command belongs to that call only: a run trained from Python afterwards, in the same
+    # process (a notebook, this test session), must not be credited with it
+    assert model_card.current_command() is None
 
 
 def _summary(cfg: Config) -> dict:

@@ -194,12 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
         return int(e.code or 0)
     _setup_logging(args.verbose)
-    from .model_card import record_command  # the command line shown in model cards
-
-    record_command(sys.argv[1:] if argv is None else list(argv))
+    from .model_card import recording_command  # the command line shown in model cards
 
     try:
-        return int(args.func(args) or 0)
+        with recording_command(sys.argv[1:] if argv is None else list(argv)):
+            return int(args.func(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

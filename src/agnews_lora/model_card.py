@@ -3,7 +3,7 @@
 
 A card is a pure function of the run's config, its summary and (once ``evaluate`` has run) its
 held-out test metrics: `render_card`. ``summary["command"]`` is the command line that trained
-the run (`record_command`, called by the CLI), so a refresh keeps it.
+the run (`recording_command`, around each CLI call), so a refresh keeps it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import json
 import os
 import re
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -31,10 +33,17 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _command: str | None = None
 
 
-def record_command(argv: list[str]) -> None:
-    """Remember the command line (the CLI calls this); cards and summaries show it."""
+@contextmanager
+def recording_command(argv: list[str]) -> Iterator[None]:
+    """Within this block, cards and summaries show `agnews-lora ARGV` as the command (the CLI
+    wraps each call in it); outside it, a run is "trained from Python" again, so a CLI call
+    earlier in the same process (a notebook, a test session) is never credited with it."""
     global _command
-    _command = shlex.join(["agnews-lora", *argv])
+    before, _command = _command, shlex.join(["agnews-lora", *argv])
+    try:
+        yield
+    finally:
+        _command = before
 
 
 def current_command() -> str | None:
