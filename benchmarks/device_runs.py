@@ -66,6 +66,10 @@ def _install_wheels(kit: Path, site: Path) -> None:
         cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
         subprocess.run(cmd + ["--no-compile", "--target", str(site), *map(str, wheels)], check=True)
         sys.path.insert(0, str(site))
+    try:  # fail here, in one line, rather than in every run: the device's own library versions
+        from agnews_lora.training import train  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        raise KitError(f"agnews_lora does not import here: {type(e).__name__}: {e}") from None
 
 
 def _machine() -> dict:
