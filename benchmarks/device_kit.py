@@ -30,6 +30,8 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -63,11 +65,25 @@ class KitError(Exception):
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256()  # hashlib.file_digest needs Python 3.11; the project supports 3.10
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(MIB), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@contextmanager
+def _replacing(dest: Path) -> Iterator[Path]:
+    """Build in ``dest``.tmp; on success it replaces ``dest``, on any failure it is removed."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # ---------------------------------------------------------------- pack (here)
@@ -120,9 +136,7 @@ def pack(
         raise KitError(f"model '{model}' is not a local folder here (resolved to {model_dir})")
     if not data.is_file():
         raise KitError(f"AG News rows not found at {data}; pass --data")
-    tmp = kit.with_name(kit.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with _replacing(kit) as tmp:
         c1 = tmp / "c1"
         (c1 / "model").mkdir(parents=True)
         for f in model_dir.iterdir():  # config, tokenizer, vocab: everything but the weights
@@ -163,11 +177,6 @@ def pack(
         }
         weights.unlink()
         (c1 / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        shutil.rmtree(kit, ignore_errors=True)
-        tmp.rename(kit)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -193,9 +202,7 @@ def unpack(kit: Path, dest: Path) -> Path:
             raise KitError(
                 f"piece {f} is corrupt or from another pack (sha256 differs); carry it again"
             )
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with _replacing(dest) as tmp:
         shutil.copytree(kit / "c1" / "model", tmp)
         with open(tmp / WEIGHTS, "wb") as out:
             for p in manifest["pieces"]:
@@ -204,11 +211,6 @@ def unpack(kit: Path, dest: Path) -> Path:
         if sha256(tmp / WEIGHTS) != manifest["weights_sha256"]:
             raise KitError("the joined weights do not match the manifest; pack again")
         (tmp / ".kit-weights-sha256").write_text(manifest["weights_sha256"])
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
