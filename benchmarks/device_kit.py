@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from recipes import BASES  # noqa: E402
 
+from agnews_lora.errors import UserError  # noqa: E402
+
 MIB = 1 << 20
 WEIGHTS = "model.safetensors"
 DEVICE_WHEELS = ("datasets", "dill", "multiprocess")  # not in the device image (KINDS.md)
@@ -249,7 +251,7 @@ def main(argv=None) -> int:
         wheels = [] if args.no_wheels else list(DEVICE_WHEELS)
         carry, tree = int(args.carry_mib * MIB), int(args.tree_mib * MIB)
         m = pack(args.model, Path(args.data), kit, carry, args.dtype, wheels, tree)
-    except KitError as e:
+    except (KitError, UserError) as e:  # UserError: the model spec (agnews_lora's own message)
         print(f"error: {e}", file=sys.stderr)
         return 2
     for c in m["carries"]:

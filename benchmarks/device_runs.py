@@ -64,7 +64,12 @@ def _install_wheels(kit: Path, site: Path) -> None:
                 "`datasets` is not installed here and the kit carries no wheels"
             ) from None
         cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
-        subprocess.run(cmd + ["--no-compile", "--target", str(site), *map(str, wheels)], check=True)
+        if subprocess.run(
+            cmd + ["--no-compile", "--target", str(site), *map(str, wheels)]
+        ).returncode:
+            raise KitError(
+                f"pip could not install the carried wheels {[w.name for w in wheels]}"
+            ) from None
         sys.path.insert(0, str(site))
     try:  # fail here, in one line, rather than in every run: the device's own library versions
         from agnews_lora.training import train  # noqa: F401
