@@ -208,8 +208,8 @@ def _fake_clock(monkeypatch, step_seconds, eval_seconds=PACE.eval_seconds):
 
 
 def _budget_cfg(tiny_model_dir, data_dir, tmp_path, name, **extra):
-    sets = {"train.time_budget": "1m", "run_name": name, "train.eval_every": 10}
-    return _cfg(tiny_model_dir, data_dir, tmp_path, **sets, **extra)
+    sets = {"train.time_budget": "1m", "run_name": name, "train.eval_every": 10, **extra}
+    return _cfg(tiny_model_dir, data_dir, tmp_path, **sets)
 
 
 def _replans(run):
@@ -250,6 +250,29 @@ def test_steps_faster_than_the_trial_lengthen_the_run_up_to_the_configured_steps
     # at step 20, 9 s used: 92 more steps fit in 57 s -> 112 (of the 120 configured), then steady
     assert _replans(run) == [(20, 112)] and run.summary["steps"] == 112
     assert dict(_lrs(run))[112] == 0.0
+
+
+def test_a_plan_shorter_than_eval_every_is_checked_between_evaluations(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch, caplog
+):
+    """No evaluation before the planned end: the pace is checked every quarter of the plan anyway,
+    so steps twice the trial's time still end within the budget (they ran to 107 s of 60 before)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="agnews_lora")
+    _fake_clock(monkeypatch, 1.0)
+    cfg = _budget_cfg(tiny_model_dir, data_dir, tmp_path, "short", **{"train.eval_every": 1000})
+    run = train(cfg, progress=False)
+    s = run.summary
+    assert s["schedule"]["total_steps"] == tb.steps_that_fit(60.0, PACE, 1000) == 100
+    # checked at step 25 (a quarter of 100): 25 s used; 25 more steps, the last evaluation (2 s)
+    # and the export (5 s) end at 57 s, the 5 % margin kept
+    assert _replans(run) == [(25, 50)] and s["steps"] == s["total_steps"] == 50
+    assert tb.clock() == 100.0 + 50 * 1.0 + PACE.eval_seconds <= 100.0 + 60.0 - 5.0
+    assert "too slow to finish 100 steps in 60 s; the run now ends at step 50" in caplog.text
+    assert [
+        r["step"] for r in read_metrics(run.dir / "metrics.jsonl") if r["split"] == "validation"
+    ] == [50]
 
 
 def test_a_pace_that_holds_is_never_replanned(tiny_model_dir, data_dir, tmp_path, monkeypatch):

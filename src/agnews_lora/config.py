@@ -152,8 +152,8 @@ class TrainConfig:
         "Wall-clock budget for the whole `train` call ('20m', '90s', '1h', '1h30m' or a number of "
         "minutes): from its start (model load and tokenisation included) to summary.json, "
         "evaluations and the export included. The steps are cut to what fits at the pace "
-        "measured on trial steps, and re-planned at each evaluation from the real pace (never "
-        "above epochs / max_steps); null = no budget.",
+        "measured on trial steps, and re-planned at each evaluation (for a short plan, every quarter "
+        "of it) from the real pace (never above epochs / max_steps); null = no budget.",
         min_exclusive=0,
     )
     per_device_batch_size: int = _f(32, "Training sequences per device per micro-batch.", min=1)

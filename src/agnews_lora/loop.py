@@ -286,16 +286,19 @@ class Loop:
             if s % t.log_every == 0 or last:
                 self._log_window(window, metrics_log, bar)
                 window.reset()
+            said = None
             if s % t.eval_every == 0 or last:
                 t_eval, eval_started = time.perf_counter(), guard and guard.now()
                 self.stopped_early = self._eval_and_track(metrics_log, bar, on_eval)
                 window.exclude(time.perf_counter() - t_eval)
-                said = guard and not (last or self.stopped_early) and guard.after_eval(eval_started)
-                if said and self.acc.is_main_process:
-                    log.info(said)
-                    if bar is not None:
-                        bar.total = self.total_steps
-                        bar.refresh()
+                said = guard and not (last or self.stopped_early) and guard.check(eval_started)
+            elif guard and s % guard.every == 0:
+                said = guard.check()  # a short plan: its pace is checked between evaluations too
+            if said and self.acc.is_main_process:
+                log.info(said)
+                if bar is not None:
+                    bar.total = self.total_steps
+                    bar.refresh()
             if t.checkpoint_every and s % t.checkpoint_every == 0 and not last:
                 self.save_checkpoint()
             if bar is not None:

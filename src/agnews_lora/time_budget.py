@@ -20,6 +20,8 @@ on an AVX2-only EPYC VM: 18 % under its trial over twenty minutes), a noisy neig
 So at every evaluation `BudgetGuard` projects the end from the pace of the steps since the last
 check: an end past the budget shortens the run to the steps that fit, and room for 5 % more steps
 lengthens it (never past the configured epochs / max_steps), both keeping the margin of the budget.
+A run planned for fewer than four evaluations is also checked, without evaluating, every quarter of
+its planned length (`BudgetGuard.every`): a plan shorter than ``eval_every`` is corrected too.
 The learning rate then falls from its value there to its end at the new last step
 (`optim.build_scheduler`'s re-plans); the re-plans are recorded with the schedule, so a resumed run
 rebuilds the same learning rates.
@@ -257,16 +259,21 @@ LENGTHEN_AT = 1.05  # lengthen only for at least 5 % more steps (no churn from p
 
 
 class BudgetGuard:
-    """A budgeted run's check at each evaluation: re-plan its length from the real pace.
+    """A budgeted run's check at each evaluation (and between, for a short plan): re-plan its
+    length from the real pace.
 
     Only for a run planned by `budget_schedule` in this process (a resumed run keeps its length:
-    its clock restarted). Every process calls `after_eval` at the same evaluations and decides
-    from the same gathered (slowest) figures.
+    its clock restarted). Every process calls `check` at the same steps (each evaluation, and every
+    ``every`` steps) and decides from the same gathered (slowest) figures.
     """
 
     def __init__(self, loop):
         self.loop = loop
         self._since(loop.step)
+        # checks between evaluations: every quarter of the planned length when fewer than four
+        # evaluations are planned (a plan shorter than eval_every would otherwise never be checked)
+        left = max(loop.total_steps - loop.step, 1)
+        self.every = min(loop.cfg.train.eval_every, max(TRIAL_STEPS, math.ceil(left / 4)))
 
     def _since(self, step: int) -> None:
         """Start the next measurement window at ``step``."""
@@ -281,11 +288,13 @@ class BudgetGuard:
     def now() -> float:
         return clock()
 
-    def after_eval(self, eval_started: float) -> str | None:
-        """After an evaluation (begun at ``now()``) that is not the last: the line saying the run
-        was re-planned, or None."""
+    def check(self, eval_started: float | None = None) -> str | None:
+        """After an evaluation (begun at ``now()``) that is not the last, or after a step at a
+        multiple of ``every`` (``eval_started`` None): the line saying the run was re-planned, or None."""
         loop, (step0, t0) = self.loop, self.mark
-        self.evals, self.eval_seconds = self.evals + 1, self.eval_seconds + clock() - eval_started
+        if eval_started is not None:
+            self.evals += 1
+            self.eval_seconds += clock() - eval_started
         done = loop.step - step0
         if done < TRIAL_STEPS or loop.step >= loop.total_steps:
             return None  # too few steps to measure (the window goes on), or nothing left
@@ -296,7 +305,7 @@ class BudgetGuard:
             loop,
             [
                 max(now - t0 - eval_total, 0.0) / done,
-                max(eval_total / evals, s["pace"]["eval_seconds"]),
+                max(eval_total / evals if evals else 0.0, s["pace"]["eval_seconds"]),
                 now - loop.started,
             ],
         )
